@@ -1,6 +1,9 @@
 """The log-prob stage alone: peak extra memory of turning N final hidden states into N token log-probs
 through a V-row LM head, the baseline's way (full [N, V] logits, float32 log-softmax over all of it, then
-gather) against the engine's ``chunked_token_logps`` (``chunk_size`` rows of logits at a time).
+gather) against chunks of ``chunk_size`` rows: ``logsumexp-<C>`` (the engine before issue 6: torch's
+logsumexp, which allocates an (x - max) temporary beside each chunk), ``inplace-<C>`` (the engine's
+``chunked_token_logps`` now, logsumexp in place) and ``inplace-auto`` (the same with the engine's default
+chunk size for the vocabulary, ``default_chunk_size``).
 
 Each variant runs in a fresh worker process; the hidden states, the LM head and the targets are allocated
 before the measured section, so what is measured is only what the log-prob computation adds.
@@ -14,18 +17,32 @@ from typing import Any
 import harness
 
 
+def chunk_rows(variant: str, tokens: int, vocab: int, dtype_bytes: int) -> int:
+    """Rows of logits the variant holds at once."""
+    from xlreward.service.scoring.logprobs import default_chunk_size
+
+    if variant == "full":
+        return tokens
+    size = variant.split("-")[1]
+    if size == "auto":
+        import torch
+
+        return min(tokens, default_chunk_size(vocab, torch.float32 if dtype_bytes == 4 else torch.bfloat16))
+    return min(tokens, int(size))
+
+
 def expected_extra_mb(variant: str, tokens: int, vocab: int, dtype_bytes: int) -> float:
     """What the variant should add, by arithmetic: the baseline holds the logits, their float32 upcast
     (when the model is not float32) and the float32 log-softmax at once; a chunked step holds one chunk's
-    logits, its float32 upcast and logsumexp's (x - max) temporary; the in-place proposal drops the last."""
+    logits, its float32 upcast and (``logsumexp-``) logsumexp's (x - max) temporary."""
     upcast = 0 if dtype_bytes == 4 else 4
-    rows = tokens if variant == "full" else min(tokens, int(variant.split("-")[1]))
     temporary = 0 if variant.startswith("inplace-") else 4
+    rows = chunk_rows(variant, tokens, vocab, dtype_bytes)
     return rows * vocab * (dtype_bytes + upcast + temporary) / 2**20
 
 
 def run_logp_memory(spec: dict[str, Any]) -> dict[str, Any]:
-    """Worker: measure one variant (``full``, ``chunked-<rows>`` or the proposed ``inplace-<rows>``)."""
+    """Worker: measure one variant (``full``, ``logsumexp-<rows>``, ``inplace-<rows>``, ``inplace-auto``)."""
     import torch
 
     harness.set_threads(spec.get("threads"))
@@ -65,26 +82,22 @@ def _logps(variant: str, hidden: Any, targets: Any, head: Any) -> Any:
         logits = head(hidden)  # (N, V)
         full = torch.log_softmax(logits.float(), dim=-1)  # (N, V) float32
         return full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    rows = int(variant.split("-")[1])
-    if variant.startswith("inplace-"):
-        return inplace_chunked_logps(hidden, targets, head, rows)
+    dtype_bytes = hidden.element_size()
+    rows = chunk_rows(variant, hidden.shape[0], head.weight.shape[0], dtype_bytes)
+    if variant.startswith("logsumexp-"):
+        return logsumexp_chunked_logps(hidden, targets, head, rows)
     return chunked_token_logps(hidden, targets, head, rows)
 
 
-def inplace_chunked_logps(hidden: Any, targets: Any, head: Any, chunk_size: int) -> Any:
-    """A PROPOSED change to ``selective_log_softmax`` inside ``chunked_token_logps`` (bench-only, not the
-    engine's code): the chunk's float32 logits are a temporary, so logsumexp can run in place on them
-    (max, subtract, exp, sum) instead of allocating ``(x - max).exp()`` beside them. Peak extra memory
-    drops from two (chunk, V) float32 blocks to one."""
+def logsumexp_chunked_logps(hidden: Any, targets: Any, head: Any, chunk_size: int) -> Any:
+    """The engine's log-prob stage before issue 6: per chunk, ``selective_log_softmax`` (gather, minus
+    torch.logsumexp, whose (x - max) temporary is as large as the chunk's logits)."""
     import torch
+
+    from xlreward.service.scoring.logprobs import selective_log_softmax
 
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, targets.shape[0], chunk_size):
         stop = start + chunk_size
-        logits = head(hidden[start:stop]).float()  # (C, V) float32, a fresh tensor
-        picked = logits.gather(-1, targets[start:stop].unsqueeze(-1)).squeeze(-1)  # (C,)
-        top = logits.amax(dim=-1, keepdim=True)  # (C, 1)
-        lse = logits.sub_(top).exp_().sum(dim=-1).log_() + top.squeeze(-1)  # (C,)
-        out[start:stop] = picked - lse
-        del logits  # or the next chunk's logits are allocated while this chunk's are still held
+        out[start:stop] = selective_log_softmax(head(hidden[start:stop]), targets[start:stop])
     return out

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,18 @@ MEMORY_TARGET_MB = 512.0
 MEMORY_VOCAB = 128256  # Llama-3's vocabulary, for the log-prob memory stage
 
 
+# The engine as it was before the padding-aware planner and the CPU budget (issue 6): rows up to
+# ``response-head`` use it, and each later row changes one thing.
+BEFORE = {"max_batch_tokens": 16384, "chunk_size": 1024, "max_padding": 1.0, "padding_mask": True}
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
     description: str
     variant: str | None  # None: not implemented
     bf16: bool = False
-    proposal: bool = False  # measures a change the engine does not have yet (bench/proposals.py)
+    config: dict[str, Any] = field(default_factory=dict)  # EngineConfig fields; {} = the engine's defaults
 
 
 ROWS = [
@@ -47,39 +52,40 @@ ROWS = [
     ),
     Row(
         "bucketed",
-        "+ token-budget batches of similar length (max_batch_tokens), both models per batch; "
+        "+ token-budget batches of similar length (16384 tokens), both models per batch; "
         "full-vocabulary logits at every position still",
         "bucketed",
+        config=BEFORE,
+    ),
+    Row(
+        "response-head",
+        "+ LM head and fp32 log-softmax only at response positions, 1024 rows at a time (the engine before "
+        "issue 6: 16384-token budget, no padding limit, attention mask)",
+        "engine",
+        config=BEFORE,
+    ),
+    Row(
+        "padding-aware",
+        "+ batches close at 10% padding (plan_batches' max_padding)",
+        "engine",
+        config={**BEFORE, "max_padding": 0.1},
+    ),
+    Row(
+        "cpu-budget",
+        "+ the CPU's default budget, 4096 padded tokens per batch",
+        "engine",
+        config={**BEFORE, "max_padding": 0.1, "max_batch_tokens": None},
     ),
     Row(
         "engine",
-        "+ LM head and fp32 log-softmax only at response positions, chunk_size rows at a time "
-        "(= ScoringEngine.score_tokenized)",
+        "+ no attention mask (causal attention hides right padding), vocabulary-sized chunks with in-place "
+        "logsumexp: ScoringEngine.score_tokenized with its defaults",
         "engine",
     ),
     Row("prefix", "+ shared prompt computed once per group (score_shared_prefix per prompt group)", "prefix"),
     Row("prefix-bf16", "+ bfloat16 weights and activations (log-softmax still fp32)", "prefix", bf16=True),
     Row("packed", "+ packed / padding-free attention: not implemented", None),
     Row("lora", "LoRA mode (policy = reference + adapter, shared base pass): not implemented", None),
-    Row(
-        "engine-padaware",
-        "PROPOSAL: engine row with a padding-aware batch planner (bench/proposals.py)",
-        "engine-padaware",
-        proposal=True,
-    ),
-    Row(
-        "prefix-padaware",
-        "PROPOSAL: prefix row with a padding-aware planner for the suffix sub-batches",
-        "prefix-padaware",
-        proposal=True,
-    ),
-    Row(
-        "prefix-padaware-bf16",
-        "PROPOSAL: prefix-padaware in bfloat16",
-        "prefix-padaware",
-        bf16=True,
-        proposal=True,
-    ),
 ]
 EXTRA_ROWS = ["memory", "service"]
 ALL_ROWS = [row.name for row in ROWS] + EXTRA_ROWS
@@ -103,8 +109,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="workload and model seed (reference: seed + 1)")
     parser.add_argument("--threads", type=int, help="torch threads in workers and the server")
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument(
+        "--max-batch-tokens", type=int, help="every engine row's budget (default: each row's own)"
+    )
+    parser.add_argument("--chunk-size", type=int, help="every engine row's chunk (default: each row's own)")
     parser.add_argument("--clients", type=int, help="service row: concurrent clients (default 64)")
     parser.add_argument("--items-per-request", type=int, default=4, help="service row: items per request")
     parser.add_argument(
@@ -166,8 +174,6 @@ def base_spec(args: argparse.Namespace, pair: harness.PairDirs | None) -> dict[s
         "pair_dirs": [str(pair.policy), str(pair.reference)] if pair else None,
         "threads": args.threads,
         "beta": args.beta,
-        "chunk_size": args.chunk_size,
-        "max_batch_tokens": args.max_batch_tokens,
         "repeats": args.repeats or 1,
     }
 
@@ -180,6 +186,8 @@ def run_token_rows(
 ) -> list[dict[str, Any]]:
     import variants
 
+    from xlreward.service.scoring.engine import EngineConfig
+
     groups = workload.token_groups(work)
     scored = workload.describe(groups)["scored_tokens"]
     results = []
@@ -188,7 +196,6 @@ def run_token_rows(
             "row": row.name,
             "description": row.description,
             "implemented": bool(row.variant),
-            "proposal": row.proposal,
         }
         results.append(entry)
         if row.variant is None:
@@ -197,10 +204,25 @@ def run_token_rows(
             entry["skipped"] = "every row already runs in bfloat16"
         else:
             dtype = "bfloat16" if row.bf16 else args.dtype
-            entry.update(dtype=dtype, **variants.work_counts(row.variant, groups, args.max_batch_tokens))
+            config = row_config(row, args)
+            entry.update(
+                dtype=dtype,
+                engine_config=config,
+                **variants.work_counts(row.variant, groups, EngineConfig(**config), args.device),
+            )
             row_spec = {**spec, "kind": "row", "row": row.name, "variant": row.variant, "dtype": dtype}
+            row_spec["engine_config"] = config
             entry.update(run_one(row, {**row_spec, "workload": work.to_json()}, scratch, scored))
     return results
+
+
+def row_config(row: Row, args: argparse.Namespace) -> dict[str, Any]:
+    """The row's EngineConfig fields, with --max-batch-tokens / --chunk-size overriding every row's."""
+    config = dict(row.config)
+    for name in ("max_batch_tokens", "chunk_size"):
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    return config
 
 
 def run_one(row: Row, spec: dict[str, Any], scratch: Path, scored: int) -> dict[str, Any]:
@@ -276,8 +298,8 @@ def run_memory_rows(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
     tokens = 1024 if args.quick else 8192
     hidden = 4096 if args.device == "cuda" else 64  # memory does not depend on H; a small H is quicker
-    names = ["full", *(f"chunked-{size}" for size in dict.fromkeys([args.chunk_size, 256]))]
-    names += [f"inplace-{size}" for size in dict.fromkeys([args.chunk_size, 512])]
+    chunk = args.chunk_size or 1024
+    names = ["full", f"logsumexp-{chunk}", f"inplace-{chunk}", "inplace-auto"]
     out: dict[str, Any] = {
         "tokens": tokens,
         "hidden_size": hidden,
@@ -296,7 +318,8 @@ def run_memory_rows(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             print(f"  memory {name:<14} FAILED\n{error}", flush=True)
             measured.append({"variant": name, "error": str(error)})
             continue
-        result.update(variant=name, expected_extra_mb=round(expected, 1))
+        rows = logp_memory.chunk_rows(name, tokens, MEMORY_VOCAB, dtype_bytes)
+        result.update(variant=name, rows=rows, expected_extra_mb=round(expected, 1))
         print(
             f"  memory {name:<14} +{result['extra_mb']:.0f} MB (arithmetic {expected:.0f} MB), "
             f"{result['seconds']:.1f} s",
@@ -381,7 +404,7 @@ def format_rows(rows: list[dict[str, Any]], show_mfu: bool) -> str:
             cells = [row["row"], "", note] + [""] * (len(header) - 3)
         else:
             cells = [
-                row["row"] + (" (proposal)" if row.get("proposal") else ""),
+                row["row"],
                 "bf16" if row["dtype"] == "bfloat16" else "fp32",
                 f"{row['tokens_per_s']:.1f}",
                 _fmt(row.get("speedup"), ".2f") + ("x" if row.get("speedup") else ""),
@@ -404,15 +427,16 @@ def format_memory(memory: dict[str, Any]) -> str:
     lines = [
         f"Log-prob stage alone: {memory['tokens']} scored tokens, vocab {memory['vocab']}, "
         f"H={memory['hidden_size']}, {memory['dtype']}",
-        "| variant | extra MB (measured) | extra MB (arithmetic) | seconds |",
-        "|---|---|---|---|",
+        "| variant | logit rows at once | extra MB (measured) | extra MB (arithmetic) | seconds |",
+        "|---|---|---|---|---|",
     ]
     for v in memory["variants"]:
         if "error" in v:
-            lines.append(f"| {v['variant']} | FAILED | | |")
+            lines.append(f"| {v['variant']} | | FAILED | | |")
             continue
         lines.append(
-            f"| {v['variant']} | {v['extra_mb']:.0f} | {v['expected_extra_mb']:.0f} | {v['seconds']:.1f} |"
+            f"| {v['variant']} | {v['rows']} | {v['extra_mb']:.0f} | {v['expected_extra_mb']:.0f} | "
+            f"{v['seconds']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -446,27 +470,27 @@ def _scheduler_line(batches: dict[str, float], sequence_tokens: int) -> str:
     )
 
 
-def targets(rows: list[dict[str, Any]], memory: dict[str, Any] | None, chunk_size: int) -> dict[str, Any]:
+def targets(rows: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[str, Any]:
     measured = [r for r in rows if "speedup" in r and r["row"] != "baseline"]
     out: dict[str, Any] = {"speedup_target": SPEEDUP_TARGET, "tolerance": TOLERANCE}
     for label, chosen in (
-        ("engine_fp32", [r for r in measured if r["dtype"] == "float32" and not r["proposal"]]),
-        ("engine_any_dtype", [r for r in measured if not r["proposal"]]),
-        ("proposal_any_dtype", [r for r in measured if r["proposal"]]),
+        ("fp32", [r for r in measured if r["dtype"] == "float32"]),
+        ("any_dtype", measured),
     ):
         best = max(chosen, key=lambda r: r["speedup"], default=None)
         if best:
             out[f"best_{label}"] = {"row": best["row"], "speedup": round(best["speedup"], 3)}
     fp32 = [r for r in measured if r["dtype"] == "float32"]
     out["all_fp32_rows_within_tolerance"] = all(r["within_tolerance"] for r in fp32) if fp32 else None
-    out["speedup_met_fp32_engine"] = out.get("best_engine_fp32", {}).get("speedup", 0) >= SPEEDUP_TARGET
+    out["speedup_met_fp32"] = out.get("best_fp32", {}).get("speedup", 0) >= SPEEDUP_TARGET
+    out["speedup_met_any_dtype"] = out.get("best_any_dtype", {}).get("speedup", 0) >= SPEEDUP_TARGET
     if memory:
         by_name = {v["variant"]: v for v in memory["variants"] if "extra_mb" in v}
-        chunked = by_name.get(f"chunked-{chunk_size}")
+        default = by_name.get("inplace-auto")
         out["memory_target_mb"] = MEMORY_TARGET_MB
-        if chunked:
-            out["memory_default_chunk_extra_mb"] = chunked["extra_mb"]
-            out["memory_met_with_default_chunk"] = chunked["extra_mb"] < MEMORY_TARGET_MB
+        if default:
+            out["memory_engine_default_extra_mb"] = default["extra_mb"]
+            out["memory_met_by_engine_default"] = default["extra_mb"] < MEMORY_TARGET_MB
         out["memory_met_by"] = sorted(name for name, v in by_name.items() if v["extra_mb"] < MEMORY_TARGET_MB)
     return out
 
@@ -512,9 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     compare_rows(rows, args.beta, split, report.get("peak_tflops"), samples)
     memory = run_memory_rows(args, scratch) if "memory" in args.rows else None
     service = run_service_rows(args, spec, scratch) if "service" in args.rows else None
-    report.update(
-        rows=rows, logp_memory=memory, service=service, targets=targets(rows, memory, args.chunk_size)
-    )
+    report.update(rows=rows, logp_memory=memory, service=service, targets=targets(rows, memory))
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     print_report(report, args)
     harness.RESULTS.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ bucketing), the full [B, T, vocab] logits upcast to float32 and log-softmaxed at
 prompt's samples in its own pass over the data, and the policy and the reference in separate passes.
 
 Every variant returns per-item summed log-probs under both models, in the workload's flat (group-major)
-order, so the rows can be checked against each other.
+order, so the rows can be checked against each other. The engine rows differ only in the ``EngineConfig``
+their row gives (``run.Row.config``), so each row adds one of the engine's steps to the previous row.
 """
 
 from __future__ import annotations
@@ -76,13 +77,14 @@ def baseline(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) -> 
 
 
 def bucketed(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) -> Sums:
-    """Token-budget batches of similar length (the engine's planner), both models per batch; still the
-    full-vocabulary logits at every position."""
+    """Token-budget batches of similar length (the engine's planner with its settings), both models per
+    batch; still the full-vocabulary logits at every position."""
     from xlreward.service.scoring.batching import plan_batches
 
     flat = [item for group in groups for item in group]
     policy, reference = [0.0] * len(flat), [0.0] * len(flat)
-    for indices in plan_batches([len(item) for item in flat], engine.config.max_batch_tokens):
+    lengths = [len(item) for item in flat]
+    for indices in plan_batches(lengths, engine.max_batch_tokens, engine.config.max_padding):
         batch = [flat[i] for i in indices]
         for model, out in ((engine.policy, policy), (engine.reference, reference)):
             for index, value in zip(indices, full_logits_sums(model, batch, _pad_id(engine)), strict=True):
@@ -107,38 +109,24 @@ def shared_prefix(engine: Any, groups: list[list[Any]], settings: dict[str, Any]
     return _split([score for group in groups for score in score_shared_prefix(engine, group)])
 
 
-def _with_padding_aware_planner(inner: Variant) -> Variant:
-    """The same variant with the engine's batch planner swapped for the proposed padding-aware one."""
-
-    def run(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) -> Sums:
-        import proposals
-
-        with proposals.padding_aware_planner():
-            return inner(engine, groups, settings)
-
-    return run
-
-
 VARIANTS: dict[str, Variant] = {
     "baseline": baseline,
     "bucketed": bucketed,
     "engine": engine_rows,
     "prefix": shared_prefix,
-    "engine-padaware": _with_padding_aware_planner(engine_rows),
-    "prefix-padaware": _with_padding_aware_planner(shared_prefix),
 }
 
 
 # --- what each variant runs through the models (for the report; no torch) ----------------------------
 
 
-def work_counts(variant: str, groups: list[list[Any]], max_batch_tokens: int) -> dict[str, int]:
-    """Per model: token positions fed to the backbone (padding included) and LM-head rows computed."""
-    import proposals
+def work_counts(variant: str, groups: list[list[Any]], config: Any, device: str) -> dict[str, int]:
+    """Per model: token positions fed to the backbone (padding included) and LM-head rows computed, with
+    the row's ``EngineConfig`` (its batch budget resolved for ``device`` as the engine does)."""
+    from xlreward.service.scoring.batching import default_max_batch_tokens, plan_batches
+    from xlreward.service.scoring.engine import fed_length
 
-    from xlreward.service.scoring.batching import plan_batches
-
-    planner = proposals.plan_padding_aware if variant.endswith("-padaware") else plan_batches
+    budget = config.max_batch_tokens or default_max_batch_tokens(device)
     flat = [item for group in groups for item in group]
     scored = sum(item.num_scored for item in flat)
     if variant == "baseline":
@@ -149,21 +137,23 @@ def work_counts(variant: str, groups: list[list[Any]], max_batch_tokens: int) ->
                 chunk = column[start : start + BASELINE_BATCH]
                 fed += len(chunk) * max(len(item) for item in chunk)
         return {"fed_tokens": fed, "head_rows": fed}
-    if variant.startswith("prefix"):
-        fed = sum(_prefix_fed(group, max_batch_tokens, planner) for group in groups)
+    if variant == "prefix":
+        fed = sum(_prefix_fed(group, budget, config.max_padding) for group in groups)
         return {"fed_tokens": fed, "head_rows": scored}
-    batches = planner([len(item) for item in flat], max_batch_tokens)
-    fed = sum(len(b) * max(len(flat[i]) for i in b) for b in batches)
+    lengths = [len(item) if variant == "bucketed" else fed_length(item) for item in flat]
+    batches = plan_batches(lengths, budget, config.max_padding)
+    fed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return {"fed_tokens": fed, "head_rows": fed if variant == "bucketed" else scored}
 
 
-def _prefix_fed(group: list[Any], max_batch_tokens: int, planner: Any) -> int:
+def _prefix_fed(group: list[Any], budget: int, max_padding: float) -> int:
     """What ``score_shared_prefix`` runs for one group: the prefix once, then the suffixes, padded."""
+    from xlreward.service.scoring.batching import plan_batches
     from xlreward.service.scoring.prefix import shared_prefix_length
 
     prefix = shared_prefix_length(group)
     suffixes = [max(item.score_end - 1 - prefix, 0) for item in group]
-    batches = planner([prefix + n for n in suffixes], max_batch_tokens)
+    batches = plan_batches(suffixes, budget, max_padding, shared_prefix=prefix)
     return prefix + sum(len(b) * max(suffixes[i] for i in b) for b in batches)
 
 
@@ -192,9 +182,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         reference,
         harness.load_tokenizer(),
         template=TemplateOptions(use_chat_template=False),  # ids are fed directly
-        config=EngineConfig(
-            beta=spec["beta"], chunk_size=spec["chunk_size"], max_batch_tokens=spec["max_batch_tokens"]
-        ),
+        config=EngineConfig(beta=spec["beta"], **spec["engine_config"]),
     )
     load_s = clock.perf_counter() - started
     token_spec = workload.TokenWorkload.from_json(spec["workload"])

@@ -12,9 +12,11 @@ import torch
 
 from oracle import plain_logp
 from xlreward.service.protocol import ChatMessage, RewardItem
+from xlreward.service.scoring.batching import default_max_batch_tokens
 from xlreward.service.scoring.engine import EngineConfig, ScoringEngine
 from xlreward.service.scoring.errors import ModelPairError, UnsupportedModelError
 from xlreward.service.scoring.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
+from xlreward.service.scoring.logprobs import default_chunk_size
 from xlreward.trainer.tiny_models import TinySpec, build_tiny_pair
 
 LONG_RESPONSE = " ".join(f"step {i}: add {i} and {i + 1}." for i in range(25))  # several hundred tokens
@@ -74,6 +76,39 @@ def test_batched_equals_unbatched(engine) -> None:
     for together, single in zip(batched, alone, strict=True):
         assert together.policy_logp == pytest.approx(single.policy_logp, abs=1e-4)
         assert together.reference_logp == pytest.approx(single.reference_logp, abs=1e-4)
+
+
+@pytest.mark.parametrize("padding_mask", [False, True])
+def test_heavily_padded_batches_equal_unbatched_with_or_without_the_mask(engine, padding_mask: bool) -> None:
+    """Right padding needs no attention mask under causal attention: with the padding limit off, every
+    item shares one batch padded to the longest (hundreds of tokens), and scores still equal each item
+    scored alone."""
+    padded = ScoringEngine(
+        engine.policy,
+        engine.reference,
+        engine.tokenizer,
+        config=EngineConfig(max_batch_tokens=1_000_000, max_padding=1.0, padding_mask=padding_mask),
+    )
+    together = padded.score(ITEMS)
+    for item, ours in zip(ITEMS, together, strict=True):
+        alone = engine.score([item])[0]
+        assert ours.policy_logp == pytest.approx(alone.policy_logp, abs=1e-4), item.id
+        assert ours.reference_logp == pytest.approx(alone.reference_logp, abs=1e-4), item.id
+
+
+def test_unset_settings_resolve_from_the_device_and_the_vocabulary(engine) -> None:
+    vocab = engine.policy.get_output_embeddings().weight.shape[0]
+    assert engine.chunk_size == engine.config.chunk_size == default_chunk_size(vocab)
+    assert engine.max_batch_tokens == engine.config.max_batch_tokens == default_max_batch_tokens("cpu")
+    explicit = ScoringEngine(
+        engine.policy,
+        engine.reference,
+        engine.tokenizer,
+        config=EngineConfig(chunk_size=7, max_batch_tokens=99),
+    )
+    assert (explicit.chunk_size, explicit.max_batch_tokens) == (7, 99)
+    with pytest.raises(ValueError, match="max_padding"):
+        EngineConfig(max_padding=2.0)
 
 
 @pytest.mark.parametrize(("chunk_size", "max_batch_tokens"), [(1, 64), (7, 512), (4096, 1_000_000)])

@@ -9,8 +9,11 @@ import torch
 
 from xlreward.service.scoring.batching import plan_batches
 from xlreward.service.scoring.logprobs import (
+    LOGITS_SCRATCH_BYTES,
     chunked_token_logps,
+    default_chunk_size,
     implicit_reward,
+    logsumexp_,
     segment_sum,
     selective_log_softmax,
     sequence_logps,
@@ -83,6 +86,51 @@ def test_chunked_head_sees_at_most_chunk_size_rows() -> None:
 def test_chunk_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_token_logps(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), lambda h: h, 0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
+def test_in_place_logsumexp_equals_torch(scale: float) -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 32000, generator=generator) * scale
+    expected = torch.logsumexp(logits, dim=-1)
+    got = logsumexp_(logits.clone())
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * max(1.0, scale / 30))
+
+
+def test_in_place_logsumexp_known_numbers_and_overwrites_its_input() -> None:
+    logits = torch.tensor([[0.0, math.log(2), math.log(5)], [-math.inf, 0.0, -math.inf]])
+    lse = logsumexp_(logits)
+    assert lse.tolist() == pytest.approx([math.log(8), 0.0], abs=1e-6)
+    assert logits[0].tolist() == pytest.approx([1 / 5, 2 / 5, 1.0], abs=1e-6)  # exp(x - max): consumed
+    assert logsumexp_(torch.full((1, 3), -math.inf)).item() == -math.inf  # as torch.logsumexp, not nan
+
+
+def test_chunked_token_logps_leaves_hidden_states_alone_with_an_identity_head() -> None:
+    hidden = torch.tensor([[0.0, math.log(3)]])
+    before = hidden.clone()
+    got = chunked_token_logps(hidden, torch.tensor([1]), lambda h: h, chunk_size=4)
+    assert got.item() == pytest.approx(math.log(3 / 4), abs=1e-6)
+    torch.testing.assert_close(hidden, before, rtol=0, atol=0)
+
+
+def test_chunked_token_logps_keeps_the_graph_when_gradients_are_on() -> None:
+    weight = torch.randn(11, 5, requires_grad=True)
+    logps = chunked_token_logps(torch.randn(4, 5), torch.tensor([0, 3, 7, 10]), lambda h: h @ weight.T, 3)
+    logps.sum().backward()  # an in-place logsumexp would break autograd here
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_default_chunk_size_keeps_one_chunk_of_logits_under_the_scratch_budget() -> None:
+    assert default_chunk_size(128256) == 523  # Llama-3: 523 x 128256 x 4 bytes = 256 MB
+    assert default_chunk_size(32000) == 2097
+    assert default_chunk_size(128256, torch.bfloat16) == 348  # bf16 logits + their float32 upcast
+    assert default_chunk_size(10**10) == 1  # never zero
+    for vocab, dtype, size in [
+        (128256, torch.float32, 4),
+        (151936, torch.bfloat16, 6),
+        (50, torch.float32, 4),
+    ]:
+        assert default_chunk_size(vocab, dtype) * vocab * size <= LOGITS_SCRATCH_BYTES
 
 
 def test_segment_sum_and_implicit_reward() -> None:

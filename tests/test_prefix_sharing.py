@@ -166,13 +166,14 @@ def test_responses_sharing_their_first_tokens(engine) -> None:
 
 
 def test_prompt_is_computed_once_per_model(engine) -> None:
-    items = tokenize(engine, PROMPT, RESPONSES)
+    one_batch = with_config(engine, max_batch_tokens=16384, max_padding=1.0)  # the group fits one batch
+    items = tokenize(one_batch, PROMPT, RESPONSES)
     prompt_length = min(item.score_start for item in items)
     suffixes = suffix_lengths(items, prompt_length)
     for model in (engine.policy, engine.reference):
         with recording(model) as (calls, embedded):
-            score_shared_prefix(engine, items)
-        prefix_call, suffix_call = calls  # the default budget fits the group in one batch
+            score_shared_prefix(one_batch, items)
+        prefix_call, suffix_call = calls
         assert prefix_call == Call(1, prompt_length, 0, 0, 0)
         assert suffix_call == Call(len(items), max(suffixes), prompt_length, prompt_length, len(items))
         assert sum(embedded) == prompt_length + len(items) * max(suffixes)

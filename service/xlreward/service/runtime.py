@@ -18,6 +18,7 @@ from typing import Any
 from xlreward.service.errors import ServiceError
 from xlreward.service.metrics import ServiceMetrics
 from xlreward.service.scheduler import Scheduler, Unit
+from xlreward.service.scoring.batching import GPU_MAX_BATCH_TOKENS
 from xlreward.service.settings import ServiceSettings
 
 log = logging.getLogger("xlreward.service")
@@ -40,7 +41,9 @@ class Runtime:
         self.generator: Any = None  # GenerationBackend
         self.scheduler = Scheduler(
             self._run_units,
-            max_batch_tokens=settings.max_batch_tokens,
+            # The engine re-plans what the scheduler hands it into its own batches; coalescing into
+            # bigger units than one forward batch gives its planner lengths to group.
+            max_batch_tokens=settings.max_batch_tokens or GPU_MAX_BATCH_TOKENS,
             batch_wait=settings.batch_wait_ms / 1000,
             max_queue_items=settings.max_queue_items,
             observer=metrics.observe_batch,

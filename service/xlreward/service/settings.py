@@ -51,8 +51,15 @@ class ServiceSettings(BaseSettings):
     admin_key: str | None = Field(default=None, description="bearer key of /admin (model switches)")
 
     # Batching
-    chunk_size: int = Field(default=1024, ge=1)
-    max_batch_tokens: int = Field(default=16384, ge=1, description="padded tokens per forward batch")
+    chunk_size: int | None = Field(
+        default=None, ge=1, description="LM-head rows per log-softmax block; unset: sized from the vocabulary"
+    )
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="padded tokens per forward batch; unset: the engine's device default (4096 on CPU, "
+        "16384 on GPU), and 16384 for the server's coalescing",
+    )
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits to fill up")
     max_queue_items: int = Field(default=4096, ge=1, description="queued items before 429")
     max_items_per_request: int = Field(default=256, ge=1)

@@ -3,22 +3,28 @@
 Per forward batch, each model runs its backbone once to final hidden states (B, T, H); only the hidden
 states that predict scored tokens are kept (N, H), and the LM head plus a float32 log-softmax run over them
 ``chunk_size`` rows at a time. A [B, T, vocab] logits tensor is never built.
+
+Batches are right-padded and run WITHOUT an attention mask: attention is causal, so a real token at position
+t only attends to positions <= t, which are all real, and the padded positions (after every real token of
+their row) are never read. Without a mask, SDPA runs its causal kernel, which skips the blocks above the
+diagonal, instead of a masked kernel that computes them all; and no (B, 1, T, T) mask is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from xlreward.service.protocol import RewardItem, RewardResult
-from xlreward.service.scoring.batching import plan_batches
+from xlreward.service.scoring.batching import DEFAULT_MAX_PADDING, default_max_batch_tokens, plan_batches
 from xlreward.service.scoring.errors import ModelPairError, UnsupportedModelError
 from xlreward.service.scoring.logprobs import (
     LogitsFn,
     chunked_token_logps,
+    default_chunk_size,
     implicit_reward,
     segment_sum,
     selective_log_softmax,
@@ -36,16 +42,28 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """``chunk_size``: LM-head rows per float32 log-softmax block (memory ~ chunk_size x vocab x 4 bytes).
-    ``max_batch_tokens``: padded tokens (rows x longest row) per forward batch."""
+    """``chunk_size``: LM-head rows per float32 log-softmax block (memory ~ chunk_size x vocab x 4 bytes);
+    None: sized from the vocabulary so that a block stays under 256 MB (``default_chunk_size``).
+    ``max_batch_tokens``: padded tokens (rows x longest row) per forward batch; None: the device's default
+    (``batching.default_max_batch_tokens``: 4096 on CPU, 16384 on GPU).
+    ``max_padding``: a batch closes before padding passes this fraction of its padded tokens (1.0: off).
+    ``padding_mask``: pass the attention mask of the right padding anyway. Causal attention never needs it
+    (see the module docstring); it is there for an architecture whose attention is not strictly causal.
+    The engine's ``config`` has ``chunk_size`` and ``max_batch_tokens`` resolved."""
 
     beta: float = 0.1
-    chunk_size: int = 1024
-    max_batch_tokens: int = 16384
+    chunk_size: int | None = None
+    max_batch_tokens: int | None = None
+    max_padding: float = DEFAULT_MAX_PADDING
+    padding_mask: bool = False
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1 or self.max_batch_tokens < 1:
+        if (self.chunk_size is not None and self.chunk_size < 1) or (
+            self.max_batch_tokens is not None and self.max_batch_tokens < 1
+        ):
             raise ValueError("chunk_size and max_batch_tokens must be at least 1")
+        if not 0.0 <= self.max_padding <= 1.0:
+            raise ValueError(f"max_padding is a fraction between 0 and 1, got {self.max_padding}")
 
 
 @dataclass(frozen=True)
@@ -85,12 +103,19 @@ class ItemScore:
 class _Batch:
     """A right-padded forward batch and, flat over its scored tokens, where each one is read."""
 
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
+    input_ids: torch.Tensor  # (B, T), T: the longest row's positions that predict a scored token
+    attention_mask: torch.Tensor | None  # (B, T), only with ``EngineConfig.padding_mask``
     rows: torch.Tensor  # (N,) batch row of each scored token
     positions: torch.Tensor  # (N,) position whose logits predict it (token index - 1)
     targets: torch.Tensor  # (N,) the scored token ids
     num_items: int
+
+
+def fed_length(item: TokenizedItem) -> int:
+    """Positions of ``item`` the backbone must run: up to the last one that predicts a scored token
+    (token j is read at position j - 1), so the last scored token and any template text after it are never
+    fed. At least one position, so an item with nothing to score still has a row."""
+    return max(item.score_end - 1, 1)
 
 
 def context_length(model: Any) -> int:
@@ -146,9 +171,14 @@ class ScoringEngine:
         self.policy = policy.eval()
         self.reference = reference.eval()
         self.tokenizer = tokenizer
-        self.config = config or EngineConfig()
         self.template = template or TemplateOptions()
         self.device = next(policy.parameters()).device
+        check_same_vocabulary(policy, reference)
+        head = policy.get_output_embeddings().weight
+        config = config or EngineConfig()
+        self.chunk_size: int = config.chunk_size or default_chunk_size(head.shape[0], head.dtype)
+        self.max_batch_tokens: int = config.max_batch_tokens or default_max_batch_tokens(self.device.type)
+        self.config = replace(config, chunk_size=self.chunk_size, max_batch_tokens=self.max_batch_tokens)
         self.max_length = min(context_length(policy), context_length(reference))
         generation_eos = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
         self.item_tokenizer = ItemTokenizer(
@@ -157,7 +187,6 @@ class ScoringEngine:
             max_length=self.max_length,
             stop_ids=end_of_turn_ids(tokenizer, generation_eos),
         )
-        check_same_vocabulary(policy, reference)
         self._heads = {id(policy): model_logits_fn(policy), id(reference): model_logits_fn(reference)}
         for model in (policy, reference):
             self._check_head_reproduces_logits(model)
@@ -177,7 +206,8 @@ class ScoringEngine:
     ) -> list[ItemScore]:
         """Scores tokenized items in length-grouped batches; results in input order."""
         results: list[ItemScore | None] = [None] * len(items)
-        for indices in plan_batches([len(item) for item in items], self.config.max_batch_tokens):
+        lengths = [fed_length(item) for item in items]
+        for indices in plan_batches(lengths, self.max_batch_tokens, self.config.max_padding):
             batch_items = [items[i] for i in indices]
             for index, score in zip(indices, self._score_batch(batch_items), strict=True):
                 results[index] = score
@@ -200,25 +230,26 @@ class ScoringEngine:
         ]
 
     def _collate(self, items: Sequence[TokenizedItem]) -> _Batch:
-        width = max(len(item) for item in items)
+        lengths = [fed_length(item) for item in items]
+        width = max(lengths)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(items), width), pad, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
         rows: list[int] = []
         positions: list[int] = []
-        for row, item in enumerate(items):
-            input_ids[row, : len(item)] = torch.tensor(item.input_ids, dtype=torch.long)
-            attention_mask[row, : len(item)] = 1
+        targets: list[int] = []
+        for row, (item, length) in enumerate(zip(items, lengths, strict=True)):
+            input_ids[row, :length] = torch.tensor(item.input_ids[:length], dtype=torch.long)
+            attention_mask[row, :length] = 1
             rows.extend([row] * item.num_scored)
             positions.extend(range(item.score_start - 1, item.score_end - 1))
-        rows_t = torch.tensor(rows, dtype=torch.long)
-        positions_t = torch.tensor(positions, dtype=torch.long)
+            targets.extend(item.input_ids[item.score_start : item.score_end])
         return _Batch(
             input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            rows=rows_t.to(self.device),
-            positions=positions_t.to(self.device),
-            targets=input_ids[rows_t, positions_t + 1].to(self.device),
+            attention_mask=attention_mask.to(self.device) if self.config.padding_mask else None,
+            rows=torch.tensor(rows, dtype=torch.long, device=self.device),
+            positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+            targets=torch.tensor(targets, dtype=torch.long, device=self.device),
             num_items=len(items),
         )
 
@@ -229,7 +260,7 @@ class ScoringEngine:
         )
         hidden = out.last_hidden_state  # (B, T, H)
         picked = hidden[batch.rows, batch.positions]  # (N, H)
-        return chunked_token_logps(picked, batch.targets, self._heads[id(model)], self.config.chunk_size)
+        return chunked_token_logps(picked, batch.targets, self._heads[id(model)], self.chunk_size)
 
     @torch.inference_mode()
     def _check_head_reproduces_logits(self, model: Any) -> None:
@@ -240,7 +271,7 @@ class ScoringEngine:
         ids = (torch.arange(length, device=self.device) * 7919 % vocab).unsqueeze(0)  # (1, L)
         full = selective_log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1], ids[0, 1:])
         hidden = model_backbone(model)(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
-        ours = chunked_token_logps(hidden, ids[0, 1:], self._heads[id(model)], self.config.chunk_size)
+        ours = chunked_token_logps(hidden, ids[0, 1:], self._heads[id(model)], self.chunk_size)
         tolerance = 1e-3 if hidden.dtype == torch.float32 else 0.1
         gap = (full - ours).abs().max().item()
         if gap > tolerance:

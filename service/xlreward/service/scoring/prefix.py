@@ -51,14 +51,17 @@ def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -
     """Scores responses to one prompt, computing the shared prompt prefix once per model; results equal
     ``engine.score_tokenized(items)`` and come in input order.
 
-    Suffixes are split into sub-batches under ``engine.config.max_batch_tokens``, counting each row as
+    Suffixes are split into sub-batches under the engine's ``max_batch_tokens``, counting each row as
     prefix + suffix (its KV cache spans both), so a sub-batch holds as much attention state as one of the
-    engine's own batches; every sub-batch reuses the same prefix cache."""
+    engine's own batches, and under its ``max_padding`` of the suffix positions run; every sub-batch
+    reuses the same prefix cache."""
     if not items:
         return []
     prefix = shared_prefix_length(items)
     suffix_lengths = [max(item.score_end - 1 - prefix, 0) for item in items]
-    batches = plan_batches([prefix + n for n in suffix_lengths], engine.config.max_batch_tokens)
+    batches = plan_batches(
+        suffix_lengths, engine.max_batch_tokens, engine.config.max_padding, shared_prefix=prefix
+    )
     sums = [_model_sums(engine, model, items, prefix, batches) for model in (engine.policy, engine.reference)]
     return [
         ItemScore(policy, reference, item.num_scored, engine.config.beta, item.truncated)
@@ -84,9 +87,8 @@ def _model_sums(
         batch = [items[i] for i in indices]
         hidden = _suffix_hidden(backbone, out.past_key_values, last, batch, prefix, engine)  # (B, 1+S, H)
         rows, offsets, targets = _scored_positions(batch, prefix, engine.device)
-        logps = chunked_token_logps(
-            hidden[rows, offsets], targets, engine._heads[id(model)], engine.config.chunk_size
-        )
+        head = engine._heads[id(model)]
+        logps = chunked_token_logps(hidden[rows, offsets], targets, head, engine.chunk_size)
         index = torch.tensor(indices, dtype=torch.long, device=engine.device)
         sums.index_add_(0, index, segment_sum(logps.double(), rows, len(batch)))
     return [float(total) for total in sums.tolist()]
@@ -103,7 +105,9 @@ def _suffix_hidden(
     """(B, 1 + S, H): the hidden states at positions P - 1 .. P - 1 + S of each row, S the longest suffix.
 
     The suffixes run right-padded on a copy of the prefix cache: the forward appends to the cache's layers,
-    so the caller's cache must stay as the prefix run left it for the next sub-batch."""
+    so the caller's cache must stay as the prefix run left it for the next sub-batch. No attention mask
+    unless the engine asks for one: causal attention keeps every real position from seeing the padding
+    after it (see ``engine``'s docstring)."""
     lengths = [max(item.score_end - 1 - prefix, 0) for item in batch]
     width = max(lengths)
     head = last.expand(len(batch), -1, -1)  # (B, 1, H)
@@ -121,7 +125,7 @@ def _suffix_hidden(
     cache.batch_repeat_interleave(len(batch))
     out = backbone(
         input_ids=input_ids.to(engine.device),
-        attention_mask=attention_mask.to(engine.device),
+        attention_mask=attention_mask.to(engine.device) if engine.config.padding_mask else None,
         position_ids=position_ids.to(engine.device),
         past_key_values=cache,
         use_cache=True,
