@@ -10,7 +10,6 @@ TORCH_SPEC ?= torch==2.13.0
 # pip warns about every local index folder a package is missing from; those lines say nothing useful.
 QUIET_PIP := 2> >(grep -v "is ignored: it is neither" >&2)
 DEMO_DIR := runs/demo
-DEMO_MODELS := .cache/xlreward/demo-models
 
 .PHONY: venv test lint typecheck unit demo bench clean
 
@@ -38,14 +37,11 @@ unit: venv
 
 test: lint typecheck unit
 
-# Until the full demo lands: build a tiny policy/reference pair offline, then score a multilingual file with
-# the same command a user runs against real checkpoints.
+# The method in miniature, offline: a synthetic three-language world, tiny pi_ref and pi^0, two iterations
+# of `xlreward iterate` (+ the R_m ablation), `xlreward eval` against pi^0; prints a Table-2-shaped table and
+# writes runs/demo/summary.json and runs/demo/win_rates.png. BROKER=redis://... annotates with Celery workers.
 demo: venv
-	$(PY) -m xlreward.trainer.tiny_models --out $(DEMO_MODELS)
-	$(VENV)/bin/xlreward score --policy $(DEMO_MODELS)/policy --reference $(DEMO_MODELS)/reference \
-		--input examples/items.jsonl --output $(DEMO_DIR)/scored.jsonl
-	@echo "wrote $(DEMO_DIR)/scored.jsonl:"
-	@$(PY) -m xlreward.cli.show_scores $(DEMO_DIR)/scored.jsonl
+	HF_HUB_OFFLINE=1 $(VENV)/bin/xlreward demo --out $(DEMO_DIR) $(if $(BROKER),--broker $(BROKER))
 
 # Scoring throughput and memory against a baseline of the reference code's loop; see bench/README.md.
 bench: venv

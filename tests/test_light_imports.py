@@ -34,6 +34,8 @@ def modules_loaded_by(code: str) -> set[str]:
         HELP.format(argv=["worker", "--help"]),
         HELP.format(argv=["train", "--help"]),
         HELP.format(argv=["iterate", "--help"]),
+        HELP.format(argv=["eval", "--help"]),
+        HELP.format(argv=["demo", "--help"]),
         "import xlreward.client, xlreward.worker.annotate, xlreward.worker.celery_app",
     ],
 )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from xlreward.cli import annotate, iterate, score, serve, train, worker
+from xlreward.cli import annotate, demo, evaluate, iterate, score, serve, train, worker
 
 
 class CommandError(Exception):
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.register(commands)
     train.register(commands)
     iterate.register(commands)
+    evaluate.register(commands)
+    demo.register(commands)
     return parser
 
 

@@ -42,7 +42,9 @@ def register(commands: Any) -> None:
         help="reproduce the ICR reference code's off-by-one (drops the first response token)",
     )
     parser.add_argument(
-        "--max-batch-tokens", type=int, help="padded tokens per forward batch (default: 4096 on CPU, 16384 on GPU)"
+        "--max-batch-tokens",
+        type=int,
+        help="padded tokens per forward batch (default: 4096 on CPU, 16384 on GPU)",
     )
     parser.add_argument(
         "--chunk-size", type=int, help="LM-head rows per log-softmax block (default: ~256 MB of logits)"

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,7 +76,8 @@ class TinyPair:
     reference: Path
 
 
-def build_tokenizer(template: TemplateStyle, vocab_size: int) -> Any:
+def build_tokenizer(template: TemplateStyle, vocab_size: int, corpus: Sequence[str] | None = None) -> Any:
+    """A byte-level BPE tokenizer trained on ``corpus`` (default: the built-in multilingual ``CORPUS``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -102,7 +104,7 @@ def build_tokenizer(template: TemplateStyle, vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(CORPUS * 4, trainer=trainer)
+    backend.train_from_iterator(list(corpus) if corpus else CORPUS * 4, trainer=trainer)
     if template == "llama3":  # like Llama 3: plain tokenization starts with BOS
         bos = names["bos_token"]
         backend.post_processor = processors.TemplateProcessing(

@@ -1,0 +1,111 @@
+"""``xlreward eval``: outputs in alpaca_eval's format, judged per language against a baseline, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xlreward.cli.main import main
+from xlreward.demo import world
+from xlreward.demo.run import write_instructions
+
+LANGUAGES = ["en", "es", "de"]
+
+
+@pytest.fixture
+def instructions(tmp_path: Path) -> Path:
+    return write_instructions(tmp_path / "eval.jsonl", world.distinct_tasks(5, seed=9), "e")
+
+
+def eval_args(pair, instructions: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "eval", "--model", str(pair.policy), "--instructions", str(instructions), "--languages", *LANGUAGES,
+        "--out", str(out), "--max-tokens", "6", "--limit", "4", *extra,
+    ]  # fmt: skip
+
+
+def test_eval_writes_alpaca_eval_outputs_and_win_rates(
+    llama_pair, instructions: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert main(eval_args(llama_pair, instructions, out, "--baseline", str(llama_pair.reference))) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"] == "oracle"
+    for language in LANGUAGES:
+        records = json.loads((out / language / "model_outputs.json").read_text())
+        assert [set(r) >= {"instruction", "output", "generator", "dataset"} for r in records] == [True] * 4
+        assert {r["generator"] for r in records} == {"policy"}
+        row = results["languages"][language]
+        # random tiny models never produce the world's phrasing: every comparison is a 0-0 tie
+        assert (row["wins"], row["ties"], row["losses"]) == (0, 4, 0)
+        assert row["win_rate"] == 50.0 and row["mean_score"] == 0.0
+        baseline = json.loads((out / "baseline" / language / "model_outputs.json").read_text())
+        assert [r["instruction"] for r in baseline] == [r["instruction"] for r in records]
+        judged = [json.loads(line) for line in (out / language / "judged.jsonl").read_text().splitlines()]
+        assert [j["output"] for j in judged] == [r["output"] for r in records]
+
+
+def test_eval_reuses_outputs_already_written(llama_pair, instructions: Path, tmp_path: Path) -> None:
+    """A second run (an interrupted evaluation resumed) reads the outputs instead of sampling again:
+    the files are not rewritten, so edited outputs survive and are what gets judged."""
+    out = tmp_path / "out"
+    assert main(eval_args(llama_pair, instructions, out)) == 0
+    path = out / "es" / "model_outputs.json"
+    records = json.loads(path.read_text())
+    task = world.parse_instruction(records[0]["instruction"])
+    assert task is not None
+    records[0]["output"] = task[1].response("es")  # now the first answer is right
+    path.write_text(json.dumps(records))
+    assert main(eval_args(llama_pair, instructions, out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["languages"]["es"]["mean_score"] == 0.25
+    assert results["baseline"] is None and "win_rate" not in results["languages"]["es"]
+
+
+def test_implicit_reward_judge_scores_with_the_english_instruction(
+    llama_pair, instructions, tmp_path
+) -> None:
+    from xlreward.evaluation.judges import ImplicitJudge, Judged
+    from xlreward.service.protocol import RewardItem
+    from xlreward.service.scoring.loading import load_engine
+    from xlreward.worker.settings import DEFAULT_DIRECTIVE
+
+    judge = ImplicitJudge(llama_pair.policy, llama_pair.reference, device="cpu")
+    items = [
+        Judged("Suma 3 y 5.", "Add 3 and 5.", "es", "Spanish", "8 es la suma."),
+        Judged("Add 3 and 5.", "Add 3 and 5.", "en", "English", "The sum is 8."),
+    ]
+    engine = load_engine(llama_pair.policy, llama_pair.reference, device="cpu", dtype="float32")
+    expected = engine.score(
+        [
+            RewardItem(
+                prompt=DEFAULT_DIRECTIVE.format(language="Spanish") + "Add 3 and 5.", response="8 es la suma."
+            ),
+            RewardItem(prompt="Add 3 and 5.", response="The sum is 8."),
+        ]
+    )
+    assert judge.score(items) == pytest.approx([r.reward for r in expected], abs=1e-6)
+
+
+def test_eval_refuses_missing_baseline_outputs(llama_pair, instructions, tmp_path, capsys) -> None:
+    status = main(
+        eval_args(llama_pair, instructions, tmp_path / "out", "--baseline-outputs", str(tmp_path / "none"))
+    )
+    assert status == 2
+    assert "no en/model_outputs.json answering these instructions" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_missing_model_folder(instructions, tmp_path, capsys) -> None:
+    args = [
+        "eval",
+        "--model",
+        str(tmp_path / "nope"),
+        "--instructions",
+        str(instructions),
+        "--languages",
+        "en",
+    ]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert "no such checkpoint folder" in capsys.readouterr().err

@@ -1,0 +1,225 @@
+"""The demo's starting models, built offline and cached: a base LM, pi_ref (SFT) and pi^0 (English DPO).
+
+1. A byte-level BPE tokenizer and a small Llama model (``TinySpec``), pretrained on parallel documents of
+   the world (every task answered correctly in all three languages).
+2. pi_ref: SFT on mixed-quality responses in every language. The non-English data is noisier than the
+   English data (as translated or scraped multilingual SFT data usually is), and part of it answers an
+   English instruction under the method's language directive, so that pi_ref understands the
+   cross-lingual reward prompt.
+3. pi^0: pi_ref sampled on English instructions, the samples labelled by the oracle (best vs worst), and
+   DPO + NLL on those English pairs with the project's trainer (``xlreward.trainer.train``).
+
+Each stage is cached under a key of every setting that decides it, and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xlreward.demo import world
+from xlreward.demo.lm import LMTraining, chat_sequences, text_sequences, train_lm
+
+BUILDER_VERSION = 1
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WorldSplit:
+    """How many distinct tasks each stage gets; no task is in two stages."""
+
+    pretrain: int = 1500
+    sft: int = 1500
+    english_dpo: int = 500
+    iterate: int = 200
+    evaluate: int = 150
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    split: WorldSplit = field(default_factory=WorldSplit)
+    hidden_size: int = 96
+    num_layers: int = 3
+    vocab_size: int = 600
+    pretrain: LMTraining = field(default_factory=lambda: LMTraining(steps=500, batch_size=32, lr=3e-3))
+    sft: LMTraining = field(default_factory=lambda: LMTraining(steps=1200, batch_size=32, lr=2e-3, seed=1))
+    pretrain_correct_rate: float = 0.5
+    sft_correct_rates: dict[str, float] = field(default_factory=lambda: {"en": 0.5, "es": 0.2, "de": 0.2})
+    sft_filler_rate: float = 0.3
+    sft_directive_share: float = 0.5  # of the SFT tasks, the share also given as directive + English prompts
+    english_samples: int = 4
+    dpo_lr: float = 3e-4
+    dpo_epochs: float = 2.0
+    dpo_nll_weight: float = 1.0
+    dpo_beta: float = 0.1
+    seed: int = 0
+
+    def key(self) -> str:
+        payload = json.dumps({**asdict(self), "builder": BUILDER_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DemoTasks:
+    pretrain: list[world.Task]
+    sft: list[world.Task]
+    english_dpo: list[world.Task]
+    iterate: list[world.Task]
+    evaluate: list[world.Task]
+
+    @classmethod
+    def build(cls, split: WorldSplit) -> DemoTasks:
+        sizes = [split.pretrain, split.sft, split.english_dpo, split.iterate, split.evaluate]
+        tasks = world.distinct_tasks(sum(sizes), split.seed)
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(tasks[start : start + size])
+            start += size
+        return cls(*parts)
+
+
+@dataclass(frozen=True)
+class DemoModels:
+    sft: Path  # pi_ref
+    pi0: Path  # the English-aligned policy
+
+
+def directive_prompt(language: str, english_instruction: str) -> str:
+    from xlreward.worker.settings import DEFAULT_DIRECTIVE, DEFAULT_LANGUAGE_NAMES
+
+    return DEFAULT_DIRECTIVE.format(language=DEFAULT_LANGUAGE_NAMES[language]) + english_instruction
+
+
+def build_models(config: DemoConfig, cache_root: Path, log: Log) -> DemoModels:
+    folder = cache_root / config.key()
+    models = DemoModels(sft=folder / "sft", pi0=folder / "pi0" / "model")
+    if (folder / "COMPLETE").exists():
+        log(f"models: cached in {folder}")
+        return models
+    tasks = DemoTasks.build(config.split)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    if not (models.sft / "config.json").exists():
+        _build_sft(config, tasks, models.sft, log)
+    shutil.rmtree(folder / "pi0", ignore_errors=True)  # a half-trained pi^0 is not resumed: it is short
+    _build_pi0(config, tasks, models.sft, folder, log)
+    (folder / "COMPLETE").touch()
+    return models
+
+
+def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log) -> None:
+    import torch
+
+    from xlreward.trainer.tiny_models import TinySpec, build_model, build_tokenizer
+
+    torch.manual_seed(config.seed)
+    documents = list(world.parallel_documents(tasks.pretrain, config.seed, config.pretrain_correct_rate))
+    # Without "\n\n" in the corpus BPE learns no merge across the newlines that end the chat template's
+    # assistant header, so a prompt's tokens are a prefix of prompt + response's (as the scorer requires).
+    directives = [directive_prompt(lang, "").strip() for lang in world.LANGUAGES if lang != "en"]
+    tokenizer = build_tokenizer("llama3", config.vocab_size, documents + directives * 50)
+    spec = TinySpec(hidden_size=config.hidden_size, num_layers=config.num_layers, initializer_range=0.02)
+    model = build_model(spec, tokenizer, config.seed)
+    log(f"pretraining a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter base model")
+    losses = train_lm(model, text_sequences(tokenizer, documents), config.pretrain, tokenizer.pad_token_id)
+    log(f"pretraining loss {losses[0]} -> {losses[-1]}; SFT on mixed-quality responses (pi_ref)")
+    losses = train_lm(
+        model, chat_sequences(tokenizer, sft_pairs(config, tasks)), config.sft, tokenizer.pad_token_id
+    )
+    log(f"SFT loss {losses[0]} -> {losses[-1]}")
+    staging = out.with_name(out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
+def sft_pairs(config: DemoConfig, tasks: DemoTasks) -> list[tuple[str, str]]:
+    """(prompt, response) pairs: every task in every language, plus a share as directive prompts."""
+    pairs = [
+        (ex.instruction, ex.response)
+        for ex in world.examples(
+            tasks.sft, config.seed, correct_rates=config.sft_correct_rates, filler_rate=config.sft_filler_rate
+        )
+    ]
+    # Under the directive the instruction is English, which the model understands best: those answers are
+    # as often right as the English ones, whatever language they are written in.
+    rng = random.Random(config.seed + 1)
+    shared = tasks.sft[: int(len(tasks.sft) * config.sft_directive_share)]
+    english_rate = config.sft_correct_rates["en"]
+    for task in shared:
+        for language in config.sft_correct_rates:
+            if language == "en":
+                continue
+            answer = None if rng.random() < english_rate else world.flawed_answer(task, rng)
+            response = task.response(language, answer, filler=rng.random() < config.sft_filler_rate)
+            pairs.append((directive_prompt(language, task.instruction("en")), response))
+    return pairs
+
+
+def _build_pi0(config: DemoConfig, tasks: DemoTasks, sft: Path, folder: Path, log: Log) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xlreward.evaluation.sampling import SamplingSettings, sample
+    from xlreward.trainer.train import TrainOptions, train
+
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    model = AutoModelForCausalLM.from_pretrained(sft).eval()
+    prompts = [task.instruction("en") for task in tasks.english_dpo]
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=48, samples=config.english_samples)
+    samples = sample(model, tokenizer, prompts, settings)
+    pairs = oracle_pairs(prompts, samples)
+    if not pairs:
+        raise RuntimeError(
+            "pi_ref's English samples all score the same: train pi_ref longer (DemoConfig.sft)"
+        )
+    pairs_file = folder / "english_pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    log(f"pi^0: {len(pairs)} oracle-labelled English pairs from pi_ref's samples; English DPO + NLL")
+    train(
+        TrainOptions(
+            pairs=[pairs_file],
+            policy=sft,
+            reference=sft,
+            out=folder / "pi0",
+            beta=config.dpo_beta,
+            nll_weight=config.dpo_nll_weight,
+            lr=config.dpo_lr,
+            epochs=config.dpo_epochs,
+            batch_size=16,
+            grad_accum=1,
+            max_length=256,
+            seed=config.seed,
+            device="cpu",
+            save_steps=10_000,
+        )
+    )
+
+
+def oracle_pairs(prompts: list[str], samples: list[list[str]]) -> list[dict[str, Any]]:
+    """One pair per English prompt: the oracle's best sample vs its worst (prompts whose samples all score
+    the same teach nothing and are left out)."""
+    pairs = []
+    for index, (prompt, group) in enumerate(zip(prompts, samples, strict=True)):
+        scores = [world.judge(prompt, text, "en") for text in group]
+        best = max(range(len(group)), key=lambda i: scores[i])
+        worst = min(range(len(group)), key=lambda i: scores[i])
+        if scores[best] > scores[worst] and group[best] != group[worst]:
+            pairs.append(
+                {
+                    "id": f"en-{index}",
+                    "language": "en",
+                    "prompt": prompt,
+                    "chosen": group[best],
+                    "rejected": group[worst],
+                }
+            )
+    return pairs

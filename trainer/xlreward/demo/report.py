@@ -1,0 +1,119 @@
+"""The demo's results: a table shaped like the paper's Table 2, ``summary.json`` and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+TARGET_WIN_RATE = 60.0
+ITERATION_ROWS = ("pi_ref", "pi^0", "iteration 1", "iteration 2")
+
+
+def targets(rows: dict[str, Any], languages: list[str]) -> dict[str, Any]:
+    """The issue's targets: iteration 2 wins >= 60% against pi^0 in every non-English language, and at
+    iteration 1 the cross-lingual reward prompt's model beats the monolingual one's (mean LC over the
+    non-English languages, the paper's R_c > R_m)."""
+    others = [language for language in languages if language != "en"]
+    second = {language: rows["iteration 2"][language]["win_rate"] for language in others}
+
+    def mean_lc(row: str) -> float:
+        total = sum(float(rows[row][language]["length_controlled_win_rate"]) for language in others)
+        return round(total / len(others), 2)
+
+    rc, rm = mean_lc("iteration 1"), mean_lc("iteration 1 (R_m)")
+    return {
+        "iteration_2_beats_pi0": {
+            "win_rates": second,
+            "threshold": TARGET_WIN_RATE,
+            "met": all(rate >= TARGET_WIN_RATE for rate in second.values()),
+        },
+        "cross_lingual_beats_monolingual_at_iteration_1": {
+            "R_c_mean_lc": rc,
+            "R_m_mean_lc": rm,
+            "met": rc > rm,
+        },
+    }
+
+
+def table(rows: dict[str, Any], languages: list[str], baseline: str) -> str:
+    header = f"{'model':<20}" + "".join(
+        f"{language + ' LC':>9}{language + ' WR':>9}{language + ' acc':>9}" for language in languages
+    )
+    header += f"{'avg LC':>9}{'avg WR':>9}"
+    lines = [
+        f"win rates against {baseline}, judged by the oracle (ties count half); acc = oracle score x 100",
+        header,
+    ]
+    for name, row in rows.items():
+        cells = "".join(
+            f"{row[lang]['length_controlled_win_rate']:>9.1f}{row[lang]['win_rate']:>9.1f}"
+            f"{100 * row[lang]['mean_score']:>9.1f}"
+            for lang in languages
+        )
+        lc = sum(row[lang]["length_controlled_win_rate"] for lang in languages) / len(languages)
+        wr = sum(row[lang]["win_rate"] for lang in languages) / len(languages)
+        lines.append(f"{name:<20}{cells}{lc:>9.1f}{wr:>9.1f}")
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: dict[str, Any], languages: list[str], baseline: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    names = [name for name in ITERATION_ROWS if name in rows]
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for language in languages:
+        axis.plot(names, [rows[name][language]["win_rate"] for name in names], marker="o", label=language)
+    axis.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    axis.axhline(TARGET_WIN_RATE, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_ylabel(f"win rate vs {baseline} (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title("xlreward demo: oracle win rate per language per iteration")
+    axis.legend(title="language")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(
+    out: Path,
+    rows: dict[str, Any],
+    accuracy: dict[str, Any],
+    timings: dict[str, float],
+    *,
+    baseline: str,
+    languages: list[str],
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "baseline": baseline,
+        "judge": "oracle",
+        "languages": languages,
+        "rows": rows,
+        "pair_accuracy": accuracy,
+        "targets": targets(rows, languages),
+        "timings_s": {name: round(value, 1) for name, value in timings.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    plot(out / "win_rates.png", rows, languages, baseline)
+    print(table(rows, languages, baseline))
+    print("\noracle accuracy of the preference pairs (chosen better than rejected), per language:")
+    for run, per_language in accuracy.items():
+        print(
+            f"  {run:<16}"
+            + "  ".join(
+                f"{lang} {v['accuracy']:.1f}% ({v['right']}/{v['right'] + v['wrong']})"
+                for lang, v in per_language.items()
+            )
+        )
+    for name, target in summary["targets"].items():
+        details = json.dumps({key: value for key, value in target.items() if key != "met"})
+        print(f"target {name}: {'met' if target['met'] else 'NOT met'} {details}")
+    print(
+        f"\nwrote {out / 'summary.json'} and {out / 'win_rates.png'} ({timings['total_s']:.0f} s)",
+        file=sys.stderr,
+    )
+    return summary

@@ -1,0 +1,245 @@
+"""``xlreward demo``: the method in miniature, offline, through the real system.
+
+1. The world's instruction files (``OUT/data``): the iteration prompts and the held-out evaluation prompts,
+   aligned by id across English, Spanish and German.
+2. pi_ref and pi^0 (``models.py``; cached).
+3. ``xlreward iterate`` twice, as a user runs it: two iterations with the cross-lingual reward prompt
+   (R_c) and, for the paper's ablation, one with the monolingual prompt (R_m). Each starts the reward
+   service (pi^t and pi_ref), annotates through it with the workers (embedded, or Celery over Redis when
+   a broker URL is given), trains with DPO + NLL, and serves the new policy next.
+4. ``xlreward eval`` logic on the held-out prompts with the oracle judge, against pi^0's outputs.
+5. The Table-2-shaped table, ``OUT/summary.json`` and ``OUT/win_rates.png`` (``report.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xlreward.demo import world
+from xlreward.demo.models import DemoConfig, DemoModels, DemoTasks, build_models
+
+BASELINE = "pi^0"
+LANGUAGES = list(world.LANGUAGES)
+
+
+@dataclass(frozen=True)
+class IterationSettings:
+    """What ``xlreward iterate`` is given (the method's settings, scaled to the tiny world)."""
+
+    samples: int = 8
+    temperature: float = 0.9
+    max_tokens: int = 40
+    lr: float = 5e-4
+    epochs: float = 2.0
+    reference: str = "sft"  # the scoring reference of iteration 2: pi_ref, or "previous" (pi^1 vs pi^0)
+    batch_size: int = 16
+    beta: float = 0.1
+    nll_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    out: Path
+    cache: Path
+    broker: str | None = None
+    config: DemoConfig = field(default_factory=DemoConfig)
+    iteration: IterationSettings = field(default_factory=IterationSettings)
+    log: Callable[[str], None] = lambda message: print(
+        f"xlreward demo: {message}", file=sys.stderr, flush=True
+    )
+
+
+def write_instructions(path: Path, tasks: list[world.Task], prefix: str) -> Path:
+    lines = [
+        json.dumps(
+            {"id": f"{prefix}{index}", "language": language, "instruction": task.instruction(language)},
+            ensure_ascii=False,
+        )
+        for index, task in enumerate(tasks)
+        for language in LANGUAGES
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def iterate_config(
+    run: DemoRun, models: DemoModels, instructions: Path, *, mode: str, iterations: int
+) -> Path:
+    """The TOML a user would write for ``xlreward iterate`` (trainer/README.md)."""
+    s = run.iteration
+    lines = [
+        f'out = "{(run.out / mode).resolve()}"',
+        f"iterations = {iterations}",
+        f'sft = "{models.sft.resolve()}"',
+        f'policy = "{models.pi0.resolve()}"',
+        f'reference = "{s.reference}"',
+        f'instructions = ["{instructions.resolve()}"]',
+        f"languages = {json.dumps(LANGUAGES)}",
+        'device = "cpu"',
+        'dtype = "float32"',
+        *([f'broker = "{run.broker}"'] if run.broker else []),
+        "",
+        "[annotate]",
+        f"samples = {s.samples}",
+        f"temperature = {s.temperature}",
+        f"max_tokens = {s.max_tokens}",
+        "seed = 42",
+        f'reward_mode = "{mode.replace("-", "_")}"',
+        "",
+        "[train]",
+        f"beta = {s.beta}",
+        f"nll_weight = {s.nll_weight}",
+        f"lr = {s.lr}",
+        f"epochs = {s.epochs}",
+        f"batch_size = {s.batch_size}",
+        "grad_accum = 1",
+        "max_length = 256",
+        "seed = 42",
+    ]
+    path = run.out / "config" / f"iterate-{mode}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_iterate(run: DemoRun, config: Path, label: str) -> None:
+    """``xlreward iterate --config`` in its own process, its output in OUT/logs."""
+    log_path = run.out / "logs" / f"{config.stem}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run.log(f"{label}: xlreward iterate --config {config} (log: {log_path})")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    with log_path.open("w") as log_file:
+        status = subprocess.run(
+            [sys.executable, "-m", "xlreward.cli", "iterate", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        ).returncode
+    if status != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(f"xlreward iterate failed (exit {status}); the end of {log_path}:\n{tail}")
+
+
+def evaluate_models(run: DemoRun, models: dict[str, Path], instructions: Path) -> dict[str, Any]:
+    """Every model's outputs on the held-out prompts, judged by the oracle against pi^0's."""
+    from xlreward.evaluation.judges import OracleJudge
+    from xlreward.evaluation.run import EvalOptions, evaluate
+    from xlreward.evaluation.sampling import SamplingSettings
+
+    sampling = SamplingSettings(max_new_tokens=run.iteration.max_tokens)
+    folders = {name: run.out / "eval" / name.replace("^", "").replace(" ", "-") for name in models}
+
+    def options(name: str, baseline: Path | None) -> EvalOptions:
+        return EvalOptions(
+            instructions=[instructions],
+            languages=LANGUAGES,
+            model=models[name],
+            out=folders[name],
+            name=name,
+            baseline_outputs=baseline,
+            sampling=sampling,
+        )
+
+    run.log(f"evaluating {BASELINE} (the baseline)")
+    evaluate(options(BASELINE, None), OracleJudge())  # its outputs first: every row is judged against them
+    results = {}
+    for name in models:
+        if name != BASELINE:
+            run.log(f"evaluating {name}")
+        results[name] = evaluate(options(name, folders[BASELINE]), OracleJudge())["languages"]
+    return results
+
+
+def pair_accuracy(pairs_file: Path) -> dict[str, Any]:
+    """Per language: how often the pair's chosen response is better than its rejected one by the oracle
+    (ties are pairs the oracle cannot tell apart)."""
+    counts: dict[str, dict[str, int]] = {}
+    for line in pairs_file.read_text(encoding="utf-8").splitlines():
+        pair = json.loads(line)
+        chosen = world.judge(pair["prompt"], pair["chosen"], pair["language"])
+        rejected = world.judge(pair["prompt"], pair["rejected"], pair["language"])
+        tally = counts.setdefault(pair["language"], {"right": 0, "wrong": 0, "tie": 0})
+        tally["right" if chosen > rejected else "wrong" if chosen < rejected else "tie"] += 1
+    return {
+        language: {
+            **tally,
+            "accuracy": round(100 * tally["right"] / max(1, tally["right"] + tally["wrong"]), 1),
+        }
+        for language, tally in sorted(counts.items())
+    }
+
+
+@contextmanager
+def celery_workers(run: DemoRun, count: int = 2) -> Iterator[None]:
+    """With a broker: ``xlreward worker`` processes for the demo's annotation runs, stopped at the end."""
+    if not run.broker:
+        yield
+        return
+    log_dir = run.out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "XLREWARD_BROKER_URL": run.broker, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "xlreward.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"]
+    processes = []
+    for n in range(count):
+        log_file = (log_dir / f"worker-{n}.log").open("w")
+        processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env))
+    run.log(f"{count} Celery workers on {run.broker} (logs: {log_dir}/worker-*.log)")
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def run_demo(run: DemoRun) -> dict[str, Any]:
+    with celery_workers(run):
+        return _run_demo(run)
+
+
+def _run_demo(run: DemoRun) -> dict[str, Any]:
+    from xlreward.demo.report import write_report
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    tasks = DemoTasks.build(run.config.split)
+    train_file = write_instructions(run.out / "data" / "train_instructions.jsonl", tasks.iterate, "t")
+    eval_file = write_instructions(run.out / "data" / "eval_instructions.jsonl", tasks.evaluate, "e")
+    models = build_models(run.config, run.cache, run.log)
+    timings["models_s"] = time.monotonic() - started
+    for mode, iterations, label in (
+        ("cross-lingual", 2, "R_c, 2 iterations"),
+        ("monolingual", 1, "R_m ablation, 1 iteration"),
+    ):
+        begin = time.monotonic()
+        run_iterate(run, iterate_config(run, models, train_file, mode=mode, iterations=iterations), label)
+        timings[f"iterate_{mode}_s"] = time.monotonic() - begin
+    trained = {
+        "pi_ref": models.sft,
+        BASELINE: models.pi0,
+        "iteration 1": run.out / "cross-lingual" / "iter-1" / "train" / "model",
+        "iteration 2": run.out / "cross-lingual" / "iter-2" / "train" / "model",
+        "iteration 1 (R_m)": run.out / "monolingual" / "iter-1" / "train" / "model",
+    }
+    begin = time.monotonic()
+    rows = evaluate_models(run, trained, eval_file)
+    timings["evaluate_s"] = time.monotonic() - begin
+    accuracy = {
+        "R_c iteration 1": pair_accuracy(run.out / "cross-lingual" / "iter-1" / "annotate" / "pairs.jsonl"),
+        "R_c iteration 2": pair_accuracy(run.out / "cross-lingual" / "iter-2" / "annotate" / "pairs.jsonl"),
+        "R_m iteration 1": pair_accuracy(run.out / "monolingual" / "iter-1" / "annotate" / "pairs.jsonl"),
+    }
+    timings["total_s"] = time.monotonic() - started
+    return write_report(run.out, rows, accuracy, timings, baseline=BASELINE, languages=LANGUAGES)

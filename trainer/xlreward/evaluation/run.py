@@ -1,0 +1,233 @@
+"""``xlreward eval``: generate on held-out instructions per language, judge, and compare with a baseline.
+
+For each language: the model's outputs (sampled here, one per instruction) and the baseline's (sampled
+from a baseline model, or read from a folder an earlier ``xlreward eval`` wrote) are scored by one judge;
+WR and LC come from ``winrate``. Written to OUT:
+
+    OUT/<language>/model_outputs.json   alpaca_eval's format: [{"instruction", "output", "generator",
+                                        "dataset"}], so alpaca_eval can judge the same outputs
+    OUT/<language>/judged.jsonl         per instruction: id, both outputs, both scores, the outcome
+    OUT/results.json                    per language: mean score, mean length, WR, LC, wins/ties/losses
+
+Without a baseline only the model's mean judge score is reported. Outputs that are already in OUT (same
+instructions, same model) are reused, so an interrupted evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xlreward.evaluation.judges import Judge, Judged
+from xlreward.evaluation.sampling import SamplingSettings
+from xlreward.evaluation.winrate import win_rate
+
+OUTPUTS_FILE = "model_outputs.json"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    instructions: Sequence[Path]
+    languages: Sequence[str]
+    model: Path
+    out: Path
+    name: str | None = None  # the generator's name in model_outputs.json; default: the model folder's name
+    baseline: Path | None = None
+    baseline_outputs: Path | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    device: str = "cpu"
+    limit: int | None = None  # at most this many instructions per language
+
+    @property
+    def generator(self) -> str:
+        return self.name or self.model.name
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    language: str
+    instruction: str
+    english_instruction: str
+
+
+def load_prompts(options: EvalOptions) -> dict[str, list[Prompt]]:
+    """The held-out instructions per language (validated like annotation inputs: ids aligned to English)."""
+    from xlreward.worker.instructions import load_instructions
+    from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
+
+    loaded = load_instructions(
+        options.instructions, languages=list(options.languages), known_languages=DEFAULT_LANGUAGE_NAMES
+    )
+    prompts: dict[str, list[Prompt]] = {language: [] for language in options.languages}
+    for unit_id, language in loaded.units(options.languages):
+        prompts[language].append(
+            Prompt(unit_id, language, loaded.instruction(unit_id, language), loaded.english(unit_id))
+        )
+    if options.limit is not None:
+        prompts = {language: items[: options.limit] for language, items in prompts.items()}
+    return prompts
+
+
+def generate_outputs(
+    model_dir: Path, generator: str, prompts: dict[str, list[Prompt]], out: Path, options: EvalOptions
+) -> dict[str, list[str]]:
+    """The outputs of ``model_dir`` for every prompt, from OUT if they are there, else sampled and written."""
+    outputs: dict[str, list[str]] = {}
+    missing = {}
+    for language, items in prompts.items():
+        cached = read_outputs(out / language / OUTPUTS_FILE, items, generator)
+        if cached is None:
+            missing[language] = items
+        else:
+            outputs[language] = cached
+    if missing:
+        model, tokenizer = _load(model_dir, options.device)
+        from xlreward.evaluation.sampling import sample
+
+        for language, items in missing.items():
+            texts = sample(model, tokenizer, [p.instruction for p in items], options.sampling)
+            outputs[language] = [group[0] for group in texts]
+            write_outputs(out / language / OUTPUTS_FILE, items, outputs[language], generator)
+    return outputs
+
+
+def read_outputs(path: Path, items: Sequence[Prompt], generator: str | None) -> list[str] | None:
+    """The outputs in ``path`` if they answer exactly ``items`` (and come from ``generator``, if given)."""
+    if not path.is_file():
+        return None
+    records = json.loads(path.read_text(encoding="utf-8"))
+    if [r["instruction"] for r in records] != [p.instruction for p in items]:
+        return None
+    if generator is not None and any(r.get("generator") != generator for r in records):
+        return None
+    return [r["output"] for r in records]
+
+
+def write_outputs(path: Path, items: Sequence[Prompt], outputs: Sequence[str], generator: str) -> None:
+    records = [
+        {
+            "instruction": p.instruction,
+            "output": o,
+            "generator": generator,
+            "dataset": f"xlreward-{p.language}",
+            "id": p.id,
+        }
+        for p, o in zip(items, outputs, strict=True)
+    ]
+    _write_json(path, records)
+
+
+def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
+    from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
+
+    prompts = load_prompts(options)
+    model_outputs = generate_outputs(options.model, options.generator, prompts, options.out, options)
+    baseline_outputs = _baseline_outputs(options, prompts)
+    results: dict[str, Any] = {}
+    for language, items in prompts.items():
+        name = DEFAULT_LANGUAGE_NAMES[language]
+        judged = [
+            Judged(p.instruction, p.english_instruction, language, name, o)
+            for p, o in zip(items, model_outputs[language], strict=True)
+        ]
+        scores = judge.score(judged)
+        entry: dict[str, Any] = {
+            "instructions": len(items),
+            "mean_score": round(sum(scores) / len(scores), 4),
+            "mean_length": round(sum(len(o) for o in model_outputs[language]) / len(items), 1),
+        }
+        if baseline_outputs is not None:
+            others = baseline_outputs[language]
+            base = judge.score(
+                [
+                    Judged(p.instruction, p.english_instruction, language, name, o)
+                    for p, o in zip(items, others, strict=True)
+                ]
+            )
+            rate = win_rate(scores, base, [len(o) for o in model_outputs[language]], [len(o) for o in others])
+            entry |= {"baseline_mean_score": round(sum(base) / len(base), 4), **rate.to_json()}
+            _write_judged(
+                options.out / language / "judged.jsonl", items, model_outputs[language], others, scores, base
+            )
+        results[language] = entry
+    summary = {
+        "model": str(options.model),
+        "generator": options.generator,
+        "baseline": str(options.baseline or options.baseline_outputs)
+        if baseline_outputs is not None
+        else None,
+        "judge": judge.name,
+        "sampling": asdict(options.sampling),
+        "languages": results,
+    }
+    _write_json(options.out / "results.json", summary)
+    return summary
+
+
+def _baseline_outputs(options: EvalOptions, prompts: dict[str, list[Prompt]]) -> dict[str, list[str]] | None:
+    if options.baseline_outputs is not None:
+        outputs = {}
+        for language, items in prompts.items():
+            found = read_outputs(options.baseline_outputs / language / OUTPUTS_FILE, items, None)
+            if found is None:
+                raise ValueError(
+                    f"--baseline-outputs {options.baseline_outputs}: no {language}/{OUTPUTS_FILE} answering "
+                    "these instructions; write it with `xlreward eval` on the same instructions"
+                )
+            outputs[language] = found
+        return outputs
+    if options.baseline is not None:
+        return generate_outputs(
+            options.baseline, options.baseline.name, prompts, options.out / "baseline", options
+        )
+    return None
+
+
+def _write_judged(
+    path: Path,
+    items: Sequence[Prompt],
+    outputs: Sequence[str],
+    others: Sequence[str],
+    scores: Sequence[float],
+    base: Sequence[float],
+) -> None:
+    lines = [
+        json.dumps(
+            {
+                "id": p.id,
+                "instruction": p.instruction,
+                "output": o,
+                "baseline_output": b,
+                "score": s,
+                "baseline_score": bs,
+            },
+            ensure_ascii=False,
+        )
+        for p, o, b, s, bs in zip(items, outputs, others, scores, base, strict=True)
+    ]
+    _write_text(path, "".join(line + "\n" for line in lines))
+
+
+def _load(model_dir: Path, device: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = model.to(device).eval()
+    return model, tokenizer
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
