@@ -39,20 +39,22 @@ def text_sequences(tokenizer: Any, texts: Sequence[str]) -> list[Sequence_]:
 
 
 def chat_sequences(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[Sequence_]:
-    """(prompt, response) as one user and one assistant turn; loss on the assistant's part only, which is
-    exactly the span the reward service scores (the response and its end-of-turn token)."""
+    """(prompt, response) as one user and one assistant turn; loss on exactly the span the reward service
+    scores (the response and its end-of-turn token), rendered by the scorer's own ``ItemTokenizer``, which
+    also refuses a prompt whose tokens are not a prefix of prompt + response's."""
+    from xlreward.service.scoring.templating import ItemTokenizer, TemplateOptions, end_of_turn_ids
+
+    render = ItemTokenizer(
+        tokenizer,
+        TemplateOptions(),
+        max_length=tokenizer.model_max_length,
+        stop_ids=end_of_turn_ids(tokenizer),
+    )
     sequences = []
     for prompt, response in pairs:
-        user = [{"role": "user", "content": prompt}]
-        prompt_ids = tokenizer.apply_chat_template(
-            user, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        full = tokenizer.apply_chat_template(
-            [*user, {"role": "assistant", "content": response}], tokenize=True, return_dict=True
-        )
-        prompt_ids, ids = list(prompt_ids["input_ids"]), list(full["input_ids"])
-        assert ids[: len(prompt_ids)] == prompt_ids, "the chat template must extend the prompt"
-        sequences.append((ids, [IGNORE] * len(prompt_ids) + ids[len(prompt_ids) :]))
+        item = render(prompt, response)
+        ids = list(item.input_ids[: item.score_end])  # nothing after the end-of-turn token is trained on
+        sequences.append((ids, [IGNORE] * item.score_start + ids[item.score_start :]))
     return sequences
 
 

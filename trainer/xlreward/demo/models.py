@@ -92,9 +92,11 @@ class DemoModels:
 
 
 def directive_prompt(language: str, english_instruction: str) -> str:
-    from xlreward.worker.settings import DEFAULT_DIRECTIVE, DEFAULT_LANGUAGE_NAMES
+    """The cross-lingual reward prompt the demo's annotation runs use (the default directive and names)."""
+    from xlreward.worker.jobs import cross_lingual_prompt
+    from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
 
-    return DEFAULT_DIRECTIVE.format(language=DEFAULT_LANGUAGE_NAMES[language]) + english_instruction
+    return cross_lingual_prompt(english_instruction, language, DEFAULT_LANGUAGE_NAMES)
 
 
 def build_models(config: DemoConfig, cache_root: Path, log: Log) -> DemoModels:

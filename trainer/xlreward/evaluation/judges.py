@@ -99,12 +99,13 @@ class ImplicitJudge:
 
     def score(self, items: Sequence[Judged]) -> list[float]:
         from xlreward.service.protocol import RewardItem
+        from xlreward.worker.jobs import cross_lingual_prompt
 
         requests = [
             RewardItem(
-                prompt=i.english_instruction
-                if i.language == "en"
-                else self.directive.format(language=i.language_name) + i.english_instruction,
+                prompt=cross_lingual_prompt(
+                    i.english_instruction, i.language, {i.language: i.language_name}, self.directive
+                ),
                 response=i.output,
             )
             for i in items

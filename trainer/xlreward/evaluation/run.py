@@ -16,7 +16,6 @@ instructions, same model) are reused, so an interrupted evaluation resumes.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 from xlreward.evaluation.judges import Judge, Judged
 from xlreward.evaluation.sampling import SamplingSettings
 from xlreward.evaluation.winrate import win_rate
+from xlreward.trainer.outputs import write_json
+from xlreward.worker.annotate import write_atomically
 
 OUTPUTS_FILE = "model_outputs.json"
 
@@ -119,7 +120,7 @@ def write_outputs(path: Path, items: Sequence[Prompt], outputs: Sequence[str], g
         }
         for p, o in zip(items, outputs, strict=True)
     ]
-    _write_json(path, records)
+    write_json(path, records)
 
 
 def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
@@ -131,11 +132,7 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for language, items in prompts.items():
         name = DEFAULT_LANGUAGE_NAMES[language]
-        judged = [
-            Judged(p.instruction, p.english_instruction, language, name, o)
-            for p, o in zip(items, model_outputs[language], strict=True)
-        ]
-        scores = judge.score(judged)
+        scores = judge.score(_judged(items, model_outputs[language], name))
         entry: dict[str, Any] = {
             "instructions": len(items),
             "mean_score": round(sum(scores) / len(scores), 4),
@@ -143,12 +140,7 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
         }
         if baseline_outputs is not None:
             others = baseline_outputs[language]
-            base = judge.score(
-                [
-                    Judged(p.instruction, p.english_instruction, language, name, o)
-                    for p, o in zip(items, others, strict=True)
-                ]
-            )
+            base = judge.score(_judged(items, others, name))
             rate = win_rate(scores, base, [len(o) for o in model_outputs[language]], [len(o) for o in others])
             entry |= {"baseline_mean_score": round(sum(base) / len(base), 4), **rate.to_json()}
             _write_judged(
@@ -165,8 +157,15 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
         "sampling": asdict(options.sampling),
         "languages": results,
     }
-    _write_json(options.out / "results.json", summary)
+    write_json(options.out / "results.json", summary)
     return summary
+
+
+def _judged(items: Sequence[Prompt], outputs: Sequence[str], language_name: str) -> list[Judged]:
+    return [
+        Judged(p.instruction, p.english_instruction, p.language, language_name, o)
+        for p, o in zip(items, outputs, strict=True)
+    ]
 
 
 def _baseline_outputs(options: EvalOptions, prompts: dict[str, list[Prompt]]) -> dict[str, list[str]] | None:
@@ -222,12 +221,6 @@ def _load(model_dir: Path, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2, ensure_ascii=False))
-
-
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_atomically(path, text)

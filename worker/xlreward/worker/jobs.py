@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from xlreward.worker.settings import RewardMode, WorkerSettings
+from xlreward.worker.settings import DEFAULT_DIRECTIVE, RewardMode, WorkerSettings
+
+
+def cross_lingual_prompt(
+    english_instruction: str,
+    language: str,
+    language_names: Mapping[str, str],
+    directive: str = DEFAULT_DIRECTIVE,
+) -> str:
+    """The method's cross-lingual reward prompt for a response in ``language``: the ENGLISH instruction
+    after the language directive (METHOD.md step 3); for English, the plain instruction."""
+    if language == "en":
+        return english_instruction
+    return directive.format(language=language_names[language]) + english_instruction
 
 
 class RunSpec(BaseModel):
@@ -53,9 +67,7 @@ class RunSpec(BaseModel):
         English). Monolingual: the target-language instruction itself."""
         if self.reward_mode == "monolingual":
             return instruction
-        if language == "en":
-            return english_instruction
-        return self.directive.format(language=self.language_names[language]) + english_instruction
+        return cross_lingual_prompt(english_instruction, language, self.language_names, self.directive)
 
     def unit_seed(self, unit_id: str, language: str) -> int:
         """A unit's sampling seed: fixed by the run seed and the unit, so a redelivered task regenerates
