@@ -134,7 +134,7 @@ def run_iterate(run: DemoRun, config: Path, label: str) -> None:
 def evaluate_models(run: DemoRun, models: dict[str, Path], instructions: Path) -> dict[str, Any]:
     """Every model's outputs on the held-out prompts, judged by the oracle against pi^0's."""
     from xlreward.evaluation.judges import OracleJudge
-    from xlreward.evaluation.run import EvalOptions, evaluate
+    from xlreward.evaluation.run import EvalOptions, evaluate, generate_outputs, load_prompts
     from xlreward.evaluation.sampling import SamplingSettings
 
     sampling = SamplingSettings(max_new_tokens=run.iteration.max_tokens)
@@ -152,7 +152,8 @@ def evaluate_models(run: DemoRun, models: dict[str, Path], instructions: Path) -
         )
 
     run.log(f"evaluating {BASELINE} (the baseline)")
-    evaluate(options(BASELINE, None), OracleJudge())  # its outputs first: every row is judged against them
+    first = options(BASELINE, None)  # its outputs first: every row is judged against them
+    generate_outputs(first.model, first.generator, load_prompts(first), first.out, first)
     results = {}
     for name in models:
         if name != BASELINE:
