@@ -7,6 +7,8 @@ response tokens.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -133,9 +135,10 @@ def test_lm_head_runs_only_on_scored_positions_in_chunks(engine) -> None:
     probe = ScoringEngine(
         engine.policy, engine.reference, engine.tokenizer, config=EngineConfig(chunk_size=chunk)
     )
-    for model in (engine.policy, engine.reference):
-        head = probe._heads[id(model)]
-        probe._heads[id(model)] = lambda h, head=head: (rows_seen.append(h.shape[0]), head(h))[1]
+    probe.sides = tuple(  # type: ignore[assignment]
+        replace(side, head=lambda h, head=side.head: (rows_seen.append(h.shape[0]), head(h))[1])
+        for side in probe.sides
+    )
     results = probe.score(ITEMS)
     assert max(rows_seen) <= chunk
     assert sum(rows_seen) == 2 * sum(r.num_response_tokens for r in results)  # both models, nothing more

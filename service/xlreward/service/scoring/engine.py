@@ -13,7 +13,8 @@ diagonal, instead of a masked kernel that computes them all; and no (B, 1, T, T)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -152,34 +153,69 @@ def model_backbone(model: Any) -> Any:
     return backbone if backbone is not None and backbone is not model else model.base_model
 
 
+@dataclass(frozen=True)
+class ScoredModel:
+    """One side of the pair as the engine runs it: the decoder stack, the LM head and the context both run
+    under. A full model runs as it is; in LoRA mode the reference is the policy's own modules with the
+    adapter switched off (``adapter_off``), so one base model in memory serves both sides."""
+
+    backbone: Any
+    head: LogitsFn
+    context: Callable[[], AbstractContextManager[Any]] = field(default=nullcontext)
+
+    @classmethod
+    def of(cls, model: Any) -> ScoredModel:
+        return cls(model_backbone(model), model_logits_fn(model))
+
+    @classmethod
+    def adapter_off(cls, model: Any) -> ScoredModel:
+        """The base model under a PEFT ``model``: the same modules, run inside ``disable_adapter()``."""
+        return cls(model_backbone(model), model_logits_fn(model), model.disable_adapter)
+
+
+def is_adapter_model(model: Any) -> bool:
+    """A PEFT model (base + adapter) that can switch its adapter off."""
+    return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
+
+
 class ScoringEngine:
     """Scores (prompt, response) items under a policy and a reference model that share a tokenizer.
 
     Load the pair with ``xlreward.service.scoring.loading.load_engine``, which also checks that the two
     tokenizers are the same; tests and the trainer build it directly from models in memory.
+
+    LoRA mode: ``reference=None`` with a PEFT ``policy`` (base + adapter) scores the reference as the same
+    model with its adapter switched off: one base model in memory instead of two. ``self.reference`` is
+    then the policy object itself; ``self.sides`` says how each side runs.
     """
 
     def __init__(
         self,
         policy: Any,
-        reference: Any,
+        reference: Any | None,
         tokenizer: Any,
         *,
         template: TemplateOptions | None = None,
         config: EngineConfig | None = None,
     ) -> None:
+        if reference is None and not is_adapter_model(policy):
+            raise ModelPairError(
+                "no reference model was given and the policy has no adapter to switch off: LoRA mode needs "
+                "a PEFT model (base + adapter) as the policy"
+            )
+        self.lora_mode = reference is None
         self.policy = policy.eval()
-        self.reference = reference.eval()
+        self.reference = policy if reference is None else reference.eval()
         self.tokenizer = tokenizer
         self.template = template or TemplateOptions()
         self.device = next(policy.parameters()).device
-        check_same_vocabulary(policy, reference)
+        check_same_vocabulary(self.policy, self.reference)
         head = policy.get_output_embeddings().weight
         config = config or EngineConfig()
         self.chunk_size: int = config.chunk_size or default_chunk_size(head.shape[0], head.dtype)
         self.max_batch_tokens: int = config.max_batch_tokens or default_max_batch_tokens(self.device.type)
         self.config = replace(config, chunk_size=self.chunk_size, max_batch_tokens=self.max_batch_tokens)
-        self.max_length = min(context_length(policy), context_length(reference))
+        self.max_length = min(context_length(self.policy), context_length(self.reference))
         generation_eos = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
         self.item_tokenizer = ItemTokenizer(
             tokenizer,
@@ -187,9 +223,10 @@ class ScoringEngine:
             max_length=self.max_length,
             stop_ids=end_of_turn_ids(tokenizer, generation_eos),
         )
-        self._heads = {id(policy): model_logits_fn(policy), id(reference): model_logits_fn(reference)}
-        for model in (policy, reference):
-            self._check_head_reproduces_logits(model)
+        reference_side = ScoredModel.adapter_off(policy) if reference is None else ScoredModel.of(reference)
+        self.sides: tuple[ScoredModel, ScoredModel] = (ScoredModel.of(policy), reference_side)
+        for model, side in zip((self.policy, self.reference), self.sides, strict=True):
+            self._check_head_reproduces_logits(model, side)  # in LoRA mode: the policy, adapter off
 
     def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
         """Token ids and scored span of one item; raises ``ItemError`` saying what to fix."""
@@ -221,8 +258,8 @@ class ScoringEngine:
         segments = batch.rows  # one row per item, so a token's row is its item
         # Sum in float64: a float32 running sum over thousands of tokens drifts by ~1e-3.
         sums = [
-            segment_sum(self._token_logps(model, batch).double(), segments, batch.num_items).tolist()
-            for model in (self.policy, self.reference)
+            segment_sum(self._token_logps(side, batch).double(), segments, batch.num_items).tolist()
+            for side in self.sides
         ]
         return [
             ItemScore(policy, reference, item.num_scored, self.config.beta, item.truncated)
@@ -253,25 +290,27 @@ class ScoringEngine:
             num_items=len(items),
         )
 
-    def _token_logps(self, model: Any, batch: _Batch) -> torch.Tensor:
-        """(N,) float32 log-probs of the batch's scored tokens under ``model``."""
-        out = model_backbone(model)(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        )
-        hidden = out.last_hidden_state  # (B, T, H)
-        picked = hidden[batch.rows, batch.positions]  # (N, H)
-        return chunked_token_logps(picked, batch.targets, self._heads[id(model)], self.chunk_size)
+    def _token_logps(self, side: ScoredModel, batch: _Batch) -> torch.Tensor:
+        """(N,) float32 log-probs of the batch's scored tokens under one side of the pair."""
+        with side.context():
+            out = side.backbone(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            )
+            hidden = out.last_hidden_state  # (B, T, H)
+            picked = hidden[batch.rows, batch.positions]  # (N, H)
+            return chunked_token_logps(picked, batch.targets, side.head, self.chunk_size)
 
     @torch.inference_mode()
-    def _check_head_reproduces_logits(self, model: Any) -> None:
+    def _check_head_reproduces_logits(self, model: Any, side: ScoredModel) -> None:
         """Refuse architectures whose forward changes logits after the LM head in a way we do not apply
         (a logit scale, say): compare our path with the model's own logits on a short sequence."""
         length = min(16, self.max_length)
         vocab = model.get_output_embeddings().weight.shape[0]
         ids = (torch.arange(length, device=self.device) * 7919 % vocab).unsqueeze(0)  # (1, L)
-        full = selective_log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1], ids[0, 1:])
-        hidden = model_backbone(model)(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
-        ours = chunked_token_logps(hidden, ids[0, 1:], self._heads[id(model)], self.chunk_size)
+        with side.context():
+            full = selective_log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1], ids[0, 1:])
+            hidden = side.backbone(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+            ours = chunked_token_logps(hidden, ids[0, 1:], side.head, self.chunk_size)
         tolerance = 1e-3 if hidden.dtype == torch.float32 else 0.1
         gap = (full - ours).abs().max().item()
         if gap > tolerance:

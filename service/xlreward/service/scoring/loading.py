@@ -78,6 +78,23 @@ def check_same_tokenizer(policy: Any, reference: Any) -> None:
         )
 
 
+def is_adapter_folder(path: str | Path) -> bool:
+    """A PEFT adapter checkpoint (``adapter_config.json``, as ``xlreward train --lora`` writes to
+    OUT/adapter) rather than a full model."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_adapter_policy(adapter_dir: str | Path, base: Any) -> Any:
+    """The PEFT model of ``base`` with the adapter in ``adapter_dir`` on top (inference only)."""
+    try:
+        from peft import PeftModel
+    except ImportError as error:  # peft comes with xlreward[service]; a trimmed install may lack it
+        raise ModelPairError(
+            f"--policy {adapter_dir} is a LoRA adapter, and loading one needs peft: pip install peft"
+        ) from error
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+
+
 def load_engine(
     policy_dir: str | Path,
     reference_dir: str | Path,
@@ -87,14 +104,24 @@ def load_engine(
     template: TemplateOptions | None = None,
     config: EngineConfig | None = None,
 ) -> ScoringEngine:
-    """Loads both models and their tokenizers, checks they fit together, and builds the engine."""
+    """Loads both models and their tokenizers, checks they fit together, and builds the engine.
+
+    LoRA mode: when ``policy_dir`` is an adapter folder, ``reference_dir`` must be the base model it was
+    trained on. The base is loaded once; the policy is base + adapter and the reference is the same model
+    with the adapter switched off (half the weights in memory of two full models)."""
     for name, path in (("policy", policy_dir), ("reference", reference_dir)):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"--{name} {path}: no such checkpoint folder")
-    tokenizer = load_tokenizer(policy_dir)
-    check_same_tokenizer(tokenizer, load_tokenizer(reference_dir))
+    adapter = is_adapter_folder(policy_dir)
+    reference_tokenizer = load_tokenizer(reference_dir)
+    has_own_tokenizer = not adapter or (Path(policy_dir) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(policy_dir) if has_own_tokenizer else reference_tokenizer
+    check_same_tokenizer(tokenizer, reference_tokenizer)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    policy = load_causal_lm(policy_dir, torch_device, torch_dtype)
     reference = load_causal_lm(reference_dir, torch_device, torch_dtype)
+    if adapter:
+        policy = load_adapter_policy(policy_dir, reference).to(torch_device)
+        return ScoringEngine(policy, None, tokenizer, template=template, config=config)
+    policy = load_causal_lm(policy_dir, torch_device, torch_dtype)
     return ScoringEngine(policy, reference, tokenizer, template=template, config=config)

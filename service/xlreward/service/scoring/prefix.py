@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from xlreward.service.scoring.batching import plan_batches
-from xlreward.service.scoring.engine import ItemScore, ScoringEngine, model_backbone
+from xlreward.service.scoring.engine import ItemScore, ScoredModel, ScoringEngine
 from xlreward.service.scoring.logprobs import chunked_token_logps, segment_sum
 from xlreward.service.scoring.templating import TokenizedItem
 
@@ -62,7 +62,7 @@ def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -
     batches = plan_batches(
         suffix_lengths, engine.max_batch_tokens, engine.config.max_padding, shared_prefix=prefix
     )
-    sums = [_model_sums(engine, model, items, prefix, batches) for model in (engine.policy, engine.reference)]
+    sums = [_model_sums(engine, side, items, prefix, batches) for side in engine.sides]
     return [
         ItemScore(policy, reference, item.num_scored, engine.config.beta, item.truncated)
         for policy, reference, item in zip(*sums, items, strict=True)
@@ -72,25 +72,24 @@ def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -
 @torch.inference_mode()
 def _model_sums(
     engine: ScoringEngine,
-    model: Any,
+    side: ScoredModel,
     items: Sequence[TokenizedItem],
     prefix: int,
     batches: list[list[int]],
 ) -> list[float]:
-    """Per item, the float64 sum of its scored tokens' log-probs under ``model``."""
-    backbone = model_backbone(model)
+    """Per item, the float64 sum of its scored tokens' log-probs under one side of the pair."""
     prefix_ids = torch.tensor([items[0].input_ids[:prefix]], dtype=torch.long, device=engine.device)  # (1, P)
-    out = backbone(input_ids=prefix_ids, use_cache=True)
-    last = out.last_hidden_state[:, -1:]  # (1, 1, H): position P - 1
     sums = torch.zeros(len(items), dtype=torch.float64, device=engine.device)
-    for indices in batches:
-        batch = [items[i] for i in indices]
-        hidden = _suffix_hidden(backbone, out.past_key_values, last, batch, prefix, engine)  # (B, 1+S, H)
-        rows, offsets, targets = _scored_positions(batch, prefix, engine.device)
-        head = engine._heads[id(model)]
-        logps = chunked_token_logps(hidden[rows, offsets], targets, head, engine.chunk_size)
-        index = torch.tensor(indices, dtype=torch.long, device=engine.device)
-        sums.index_add_(0, index, segment_sum(logps.double(), rows, len(batch)))
+    with side.context():
+        out = side.backbone(input_ids=prefix_ids, use_cache=True)
+        last = out.last_hidden_state[:, -1:]  # (1, 1, H): position P - 1
+        for indices in batches:
+            batch = [items[i] for i in indices]
+            hidden = _suffix_hidden(side.backbone, out.past_key_values, last, batch, prefix, engine)
+            rows, offsets, targets = _scored_positions(batch, prefix, engine.device)
+            logps = chunked_token_logps(hidden[rows, offsets], targets, side.head, engine.chunk_size)
+            index = torch.tensor(indices, dtype=torch.long, device=engine.device)
+            sums.index_add_(0, index, segment_sum(logps.double(), rows, len(batch)))
     return [float(total) for total in sums.tolist()]
 
 
