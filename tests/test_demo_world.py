@@ -14,6 +14,7 @@ TASKS = [
     world.Task("max", a=7, b=12),
     world.Task("count", names=("Ana", "Bob", "Eva")),
     world.Task("copy", names=("Tom", "Lia", "Kai", "Ray")),
+    world.Task("last", names=("Uma", "Leo", "Noa")),
 ]
 
 
@@ -26,11 +27,35 @@ def test_right_answers_score_one_with_or_without_the_polite_word(task: world.Tas
 
 
 @pytest.mark.parametrize("language", world.LANGUAGES)
-def test_flawed_answers_score_below_one(language: str) -> None:
+@pytest.mark.parametrize("breadth", [0.0, 0.5, 1.0])
+def test_flawed_answers_score_below_one(language: str, breadth: float) -> None:
     rng = random.Random(0)
-    for task in world.distinct_tasks(300, seed=5):
-        flawed = task.response(language, world.flawed_answer(task, rng))
+    flaws = world.Flaws(breadth=breadth, max_operand=40)
+    for task in world.distinct_tasks(300, seed=5, max_operand=40):
+        flawed = task.response(language, world.flawed_answer(task, rng, flaws))
         assert world.judge(task.instruction(language), flawed, language) < 1.0, flawed
+
+
+def test_broad_flaws_reach_answers_no_near_miss_gives() -> None:
+    """Near misses of "the larger of 7 and 12" are only 7; broad flaws cover the other numbers too."""
+    rng = random.Random(0)
+    task = world.Task("max", a=7, b=12)
+    near = {world.flawed_answer(task, rng) for _ in range(200)}
+    broad = {world.flawed_answer(task, rng, world.Flaws(breadth=1.0, max_operand=40)) for _ in range(500)}
+    assert near == {"7"}
+    assert len(broad) > 30 and "12" not in broad and broad <= {str(n) for n in range(41)}
+
+
+def test_every_slice_of_the_tasks_holds_each_kind_equally_often() -> None:
+    """Regression: sums and comparisons of small numbers ran out of distinct tasks after the first stages,
+    and the demo's evaluation split held 1 comparison and no sum among 150 tasks."""
+    kinds = ("copy", "count", "max", "last")
+    tasks = world.distinct_tasks(4000, seed=1, kinds=kinds, max_operand=40)
+    for start in (0, 3000, 3800):
+        counts = {kind: sum(t.kind == kind for t in tasks[start : start + 200]) for kind in kinds}
+        assert counts == dict.fromkeys(kinds, 50)
+    with pytest.raises(ValueError, match="too few distinct 'add' tasks"):
+        world.distinct_tasks(2000, seed=1, kinds=("add",), max_operand=20)
 
 
 def test_known_scores() -> None:
@@ -44,6 +69,8 @@ def test_known_scores() -> None:
     assert world.judge("Repeat these names: Tom Lia Kai Ray.", "Here they are: Tom Lia Kai.", "en") == 0.75
     assert world.judge("Count the names: Ana Bob.", "Sure! There are 2 names.", "en") == 1.0
     assert world.judge("Count the names: Ana Bob.", "There are 2 names. Sure!", "en") == 0.0
+    assert world.judge("¿Qué nombre va al final: Ana Bob?", "Bob va al final.", "es") == 1.0
+    assert world.judge("¿Qué nombre va al final: Ana Bob?", "Ana va al final.", "es") == 0.0
 
 
 def test_instructions_parse_back_to_their_task_even_under_the_language_directive() -> None:
@@ -60,3 +87,23 @@ def test_the_world_is_the_same_for_the_same_seed() -> None:
     assert world.distinct_tasks(50, seed=3) == world.distinct_tasks(50, seed=3)
     assert world.distinct_tasks(50, seed=3) != world.distinct_tasks(50, seed=4)
     assert len({task.key for task in world.distinct_tasks(500, seed=3)}) == 500
+
+
+def test_the_tokenizer_keeps_every_word_of_the_world_whole() -> None:
+    """Regression: trained on the pretraining documents only, the tokenizer split the polite words into
+    bytes ("¡" as two byte tokens), and a trained policy sampled the first byte before English words."""
+    from xlreward.demo.models import DemoConfig, DemoTasks, WorldSplit, sft_pairs, tokenizer_corpus
+    from xlreward.trainer.tiny_models import build_tokenizer
+
+    config = DemoConfig(split=WorldSplit(pretrain=200, sft=200, english_dpo=0, iterate=0, evaluate=0))
+    tasks = DemoTasks.build(config.split)
+    documents = list(world.parallel_documents(tasks.pretrain, 0, 0.5, config.flaws))
+    tokenizer = build_tokenizer("llama3", 600, tokenizer_corpus(documents, sft_pairs(config, tasks)))
+    expected = {
+        "¡Claro! Aquí están: Ana Bob.": ["¡", "Claro", "!", " Aquí", " están", ":", " Ana", " Bob", "."],
+        "Gern! Zuletzt kommt Eva.": ["Gern", "!", " Zuletzt", " kommt", " Eva", "."],
+        "Sure! There are 3 names.": ["Sure", "!", " There", " are", " 3", " names", "."],
+    }
+    for text, pieces in expected.items():
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert [tokenizer.decode([i]) for i in ids] == pieces

@@ -26,7 +26,7 @@ from typing import Any
 from xlreward.demo import world
 from xlreward.demo.lm import LMTraining, chat_sequences, text_sequences, train_lm
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 3
 Log = Callable[[str], None]
 
 
@@ -40,6 +40,11 @@ class WorldSplit:
     iterate: int = 200
     evaluate: int = 150
     seed: int = 1
+    # No sums: with operands small enough for the tiny models to know every sum, there are fewer distinct
+    # sums than the disjoint splits need, and held-out sums of larger numbers would take a generalisation of
+    # addition these models do not learn. "max" is the arithmetic: a comparison, learnt from the numbers.
+    kinds: tuple[world.TaskKind, ...] = ("copy", "count", "max", "last")
+    max_operand: int = 40
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class DemoConfig:
     sft_correct_rates: dict[str, float] = field(default_factory=lambda: {"en": 0.5, "es": 0.2, "de": 0.2})
     sft_filler_rate: float = 0.3
     sft_directive_share: float = 0.5  # of the SFT tasks, the share also given as directive + English prompts
+    flaw_breadth: float = 0.5  # of the flawed answers in pretraining and SFT, the share that is any wrong one
     english_samples: int = 4
     dpo_lr: float = 3e-4
     dpo_epochs: float = 2.0
@@ -64,6 +70,10 @@ class DemoConfig:
     def key(self) -> str:
         payload = json.dumps({**asdict(self), "builder": BUILDER_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @property
+    def flaws(self) -> world.Flaws:
+        return world.Flaws(breadth=self.flaw_breadth, max_operand=self.split.max_operand)
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class DemoTasks:
     @classmethod
     def build(cls, split: WorldSplit) -> DemoTasks:
         sizes = [split.pretrain, split.sft, split.english_dpo, split.iterate, split.evaluate]
-        tasks = world.distinct_tasks(sum(sizes), split.seed)
+        tasks = world.distinct_tasks(sum(sizes), split.seed, split.kinds, split.max_operand)
         parts, start = [], 0
         for size in sizes:
             parts.append(tasks[start : start + size])
@@ -122,19 +132,17 @@ def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log) -> Non
     from xlreward.trainer.tiny_models import TinySpec, build_model, build_tokenizer
 
     torch.manual_seed(config.seed)
-    documents = list(world.parallel_documents(tasks.pretrain, config.seed, config.pretrain_correct_rate))
-    # Without "\n\n" in the corpus BPE learns no merge across the newlines that end the chat template's
-    # assistant header, so a prompt's tokens are a prefix of prompt + response's (as the scorer requires).
-    directives = [directive_prompt(lang, "").strip() for lang in world.LANGUAGES if lang != "en"]
-    tokenizer = build_tokenizer("llama3", config.vocab_size, documents + directives * 50)
+    documents = list(
+        world.parallel_documents(tasks.pretrain, config.seed, config.pretrain_correct_rate, config.flaws)
+    )
+    sft = sft_pairs(config, tasks)
+    tokenizer = build_tokenizer("llama3", config.vocab_size, tokenizer_corpus(documents, sft))
     spec = TinySpec(hidden_size=config.hidden_size, num_layers=config.num_layers, initializer_range=0.02)
     model = build_model(spec, tokenizer, config.seed)
     log(f"pretraining a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter base model")
     losses = train_lm(model, text_sequences(tokenizer, documents), config.pretrain, tokenizer.pad_token_id)
     log(f"pretraining loss {losses[0]} -> {losses[-1]}; SFT on mixed-quality responses (pi_ref)")
-    losses = train_lm(
-        model, chat_sequences(tokenizer, sft_pairs(config, tasks)), config.sft, tokenizer.pad_token_id
-    )
+    losses = train_lm(model, chat_sequences(tokenizer, sft), config.sft, tokenizer.pad_token_id)
     log(f"SFT loss {losses[0]} -> {losses[-1]}")
     staging = out.with_name(out.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
@@ -144,12 +152,28 @@ def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log) -> Non
     staging.rename(out)
 
 
+def tokenizer_corpus(documents: list[str], sft: list[tuple[str, str]]) -> list[str]:
+    """What the tokenizer is trained on: the pretraining documents, the SFT texts (so that every word of the
+    world, the polite words and a response's first word included, is whole tokens, as in a real tokenizer; a
+    word left in bytes lets a sampled byte start a broken one) and the directives. A response follows its
+    prompt after one newline, as it starts a line in the chat template; and no text keeps a "\n\n" (the
+    directive ends with one), so BPE learns no merge across the newlines that end the template's assistant
+    header, and a prompt's tokens stay a prefix of prompt + response's (as the scorer requires)."""
+    directives = [directive_prompt(lang, "").strip() for lang in world.LANGUAGES if lang != "en"]
+    texts = [f"{prompt}\n{response}".replace("\n\n", "\n") for prompt, response in sft]
+    return documents + texts + directives * 50
+
+
 def sft_pairs(config: DemoConfig, tasks: DemoTasks) -> list[tuple[str, str]]:
     """(prompt, response) pairs: every task in every language, plus a share as directive prompts."""
     pairs = [
         (ex.instruction, ex.response)
         for ex in world.examples(
-            tasks.sft, config.seed, correct_rates=config.sft_correct_rates, filler_rate=config.sft_filler_rate
+            tasks.sft,
+            config.seed,
+            correct_rates=config.sft_correct_rates,
+            filler_rate=config.sft_filler_rate,
+            flaws=config.flaws,
         )
     ]
     # Under the directive the instruction is English, which the model understands best: those answers are
@@ -161,8 +185,14 @@ def sft_pairs(config: DemoConfig, tasks: DemoTasks) -> list[tuple[str, str]]:
         for language in config.sft_correct_rates:
             if language == "en":
                 continue
-            answer = None if rng.random() < english_rate else world.flawed_answer(task, rng)
-            response = task.response(language, answer, filler=rng.random() < config.sft_filler_rate)
+            response = world.sft_response(
+                task,
+                language,
+                rng,
+                correct_rate=english_rate,
+                filler_rate=config.sft_filler_rate,
+                flaws=config.flaws,
+            )
             pairs.append((directive_prompt(language, task.instruction("en")), response))
     return pairs
 

@@ -1,7 +1,8 @@
 """The demo's synthetic multilingual world: checkable tasks in three languages, and an oracle judge.
 
-English and two toy languages built on Spanish and German function words (each with its own phrasing and,
-for the sums in Spanish, its own word order) share the things a task is about: digits and personal names.
+English and two toy languages built on Spanish and German function words (each with its own phrasing and
+word order: the sum and the last name come first in Spanish) share the things a task is about: digits and
+personal names.
 Every task has one right answer that the oracle computes from the instruction alone, so the judge needs no
 hidden metadata and works on any model's output in any of the three languages:
 
@@ -9,11 +10,16 @@ hidden metadata and works on any model's output in any of the three languages:
     copy   "Repeat these names: Ana Bob Eva." -> "Here they are: Ana Bob Eva."
     count  "Count the names: Ana Bob Eva."    -> "There are 3 names."
     max    "Which number is larger, 7 or 4?"  -> "The larger number is 7."
+    last   "Which name comes last: Ana Bob?"  -> "The last name is Bob."
 
 A response may start with a polite word ("Sure!"), which changes its length but not its quality: the
 world has a length dimension for length-controlled win rates to remove. Flawed responses (what
 mixed-quality SFT data holds) get the content wrong in the ways small models do: a sum off by one or two, a
-dropped, swapped, replaced or repeated name, a count off by one, the smaller number.
+dropped, swapped, replaced or repeated name, a count off by one, the smaller number, another name of the
+list; or, with ``Flaws.breadth``, any wrong answer of the right type.
+
+``distinct_tasks`` lets the kinds take turns, so every slice of its list (the demo's stages) holds each kind
+equally often.
 
 Pure Python with seeded ``random.Random``: the same seed gives the same world on every machine.
 """
@@ -28,8 +34,8 @@ from typing import Literal
 
 LANGUAGES = ("en", "es", "de")
 NAMES = ("Ana", "Bob", "Eva", "Max", "Tom", "Lia", "Ivo", "Kai", "Noa", "Ray", "Uma", "Leo")
-TaskKind = Literal["add", "copy", "count", "max"]
-TASK_KINDS: tuple[TaskKind, ...] = ("add", "copy", "count", "max")
+TaskKind = Literal["add", "copy", "count", "max", "last"]
+TASK_KINDS: tuple[TaskKind, ...] = ("add", "copy", "count", "max", "last")
 MAX_OPERAND = 20
 
 # Per language and task: (instruction template, response template). {a} {b} are numbers, {names} a
@@ -40,18 +46,21 @@ TEMPLATES: dict[str, dict[TaskKind, tuple[str, str]]] = {
         "copy": ("Repeat these names: {names}.", "Here they are: {x}."),
         "count": ("Count the names: {names}.", "There are {x} names."),
         "max": ("Which number is larger, {a} or {b}?", "The larger number is {x}."),
+        "last": ("Which name comes last: {names}?", "The last name is {x}."),
     },
     "es": {
         "add": ("Suma {a} y {b}.", "{x} es la suma."),
         "copy": ("Repite estos nombres: {names}.", "Aquí están: {x}."),
         "count": ("Cuenta los nombres: {names}.", "Hay {x} nombres."),
         "max": ("¿Qué número es mayor, {a} o {b}?", "El número mayor es {x}."),
+        "last": ("¿Qué nombre va al final: {names}?", "{x} va al final."),
     },
     "de": {
         "add": ("Addiere {a} und {b}.", "Die Summe ist {x}."),
         "copy": ("Wiederhole diese Namen: {names}.", "Hier sind sie: {x}."),
         "count": ("Zähle die Namen: {names}.", "Es sind {x} Namen."),
         "max": ("Welche Zahl ist größer, {a} oder {b}?", "Die größere Zahl ist {x}."),
+        "last": ("Welcher Name kommt zuletzt: {names}?", "Zuletzt kommt {x}."),
     },
 }
 FILLERS = {"en": "Sure!", "es": "¡Claro!", "de": "Gern!"}
@@ -77,6 +86,8 @@ class Task:
             return str(max(self.a, self.b))
         if self.kind == "count":
             return str(len(self.names))
+        if self.kind == "last":
+            return self.names[-1]
         return " ".join(self.names)
 
     def instruction(self, language: str) -> str:
@@ -91,28 +102,69 @@ class Task:
 # --- sampling tasks and flawed answers ---------------------------------------------------------------
 
 
-def random_task(rng: random.Random) -> Task:
-    kind = rng.choice(TASK_KINDS)
+def random_task(rng: random.Random, kind: TaskKind, max_operand: int = MAX_OPERAND) -> Task:
     if kind in ("add", "max"):
-        a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         while kind == "max" and a == b:
-            b = rng.randint(0, MAX_OPERAND)
+            b = rng.randint(0, max_operand)
         return Task(kind, a=a, b=b)
     return Task(kind, names=tuple(rng.sample(NAMES, rng.randint(2, 5))))
 
 
-def distinct_tasks(count: int, seed: int) -> list[Task]:
-    """``count`` different tasks (no two with the same content), in a seeded order."""
+def distinct_tasks(
+    count: int, seed: int, kinds: tuple[TaskKind, ...] = TASK_KINDS, max_operand: int = MAX_OPERAND
+) -> list[Task]:
+    """``count`` different tasks (no two with the same content), the kinds taking turns, so that every
+    slice of the list holds each kind equally often (a kind with a small content space, like sums of small
+    numbers, would otherwise run out early and leave the later slices without it). ValueError when a kind
+    has fewer distinct tasks than its share."""
     rng = random.Random(seed)
     tasks: dict[str, Task] = {}
-    while len(tasks) < count:
-        task = random_task(rng)
-        tasks.setdefault(task.key, task)
+    for index in range(count):
+        kind = kinds[index % len(kinds)]
+        for _ in range(10_000):
+            task = random_task(rng, kind, max_operand)
+            if task.key not in tasks:
+                tasks[task.key] = task
+                break
+        else:
+            raise ValueError(f"the world has too few distinct {kind!r} tasks for {count} tasks")
     return list(tasks.values())
 
 
-def flawed_answer(task: Task, rng: random.Random) -> str:
-    """A wrong answer of the kind a small model gives."""
+@dataclass(frozen=True)
+class Flaws:
+    """How the world's flawed answers are drawn. ``breadth``: the share that is any wrong answer of the
+    right type (a random number, name, count or list) rather than a near miss. Without it a model's
+    reference puts almost no probability on the wrong answers a trained policy drifts to, and the implicit
+    reward, a log-ratio against that reference, prizes exactly those."""
+
+    breadth: float = 0.0
+    max_operand: int = MAX_OPERAND
+
+
+def random_wrong_answer(task: Task, rng: random.Random, max_operand: int = MAX_OPERAND) -> str:
+    """Any wrong answer of the task's type, uniformly."""
+    right = task.answer()
+    while True:
+        if task.kind == "add":
+            answer = str(rng.randint(0, 2 * max_operand))
+        elif task.kind == "max":
+            answer = str(rng.randint(0, max_operand))
+        elif task.kind == "count":
+            answer = str(rng.randint(1, 6))
+        elif task.kind == "last":
+            answer = rng.choice(NAMES)
+        else:
+            answer = " ".join(rng.choice(NAMES) for _ in task.names)
+        if answer != right:
+            return answer
+
+
+def flawed_answer(task: Task, rng: random.Random, flaws: Flaws = Flaws()) -> str:
+    """A wrong answer of the kind a small model gives: a near miss, or (``flaws.breadth``) any."""
+    if flaws.breadth and rng.random() < flaws.breadth:
+        return random_wrong_answer(task, rng, flaws.max_operand)
     if task.kind == "add":
         right = task.a + task.b
         return str(max(0, right + rng.choice((-2, -1, 1, 2))) if right > 1 else right + rng.randint(1, 2))
@@ -120,6 +172,8 @@ def flawed_answer(task: Task, rng: random.Random) -> str:
         return str(min(task.a, task.b))
     if task.kind == "count":
         return str(len(task.names) + (1 if len(task.names) == 2 else rng.choice((-1, 1))))
+    if task.kind == "last":
+        return rng.choice(task.names[:-1])
     return " ".join(flawed_names(list(task.names), rng))
 
 
@@ -155,7 +209,13 @@ _INSTRUCTION_PATTERNS = [
     for language, tasks in TEMPLATES.items()
     for kind, (instruction, _) in tasks.items()
 ]
-_ANSWER_SLOTS = {"add": r"(\d{1,3})", "max": r"(\d{1,3})", "count": r"(\d{1,3})", "copy": r"([A-Za-z ]*)"}
+_ANSWER_SLOTS = {
+    "add": r"(\d{1,3})",
+    "max": r"(\d{1,3})",
+    "count": r"(\d{1,3})",
+    "copy": r"([A-Za-z ]*)",
+    "last": r"([A-Z][a-z]+)",
+}
 _RESPONSE_PATTERNS = {
     (language, kind): _pattern(response, {"x": _ANSWER_SLOTS[kind]})
     for language, tasks in TEMPLATES.items()
@@ -169,7 +229,7 @@ def parse_instruction(instruction: str) -> tuple[str, Task] | None:
     for language, kind, pattern in _INSTRUCTION_PATTERNS:
         match = pattern.search(instruction.strip())
         if match and match.end() == len(instruction.strip()):
-            if kind in ("copy", "count"):
+            if kind in ("copy", "count", "last"):
                 return language, Task(kind, names=tuple(match.group(1).split()))
             return language, Task(kind, a=int(match.group(1)), b=int(match.group(2)))
     return None
@@ -214,20 +274,42 @@ class Example:
     quality: float
 
 
+def sft_response(
+    task: Task,
+    language: str,
+    rng: random.Random,
+    *,
+    correct_rate: float,
+    filler_rate: float,
+    flaws: Flaws = Flaws(),
+) -> str:
+    """One mixed-quality SFT response: right with ``correct_rate``, the polite word with ``filler_rate``."""
+    answer = None if rng.random() < correct_rate else flawed_answer(task, rng, flaws)
+    return task.response(language, answer, filler=rng.random() < filler_rate)
+
+
 def examples(
-    tasks: list[Task], seed: int, *, correct_rates: Mapping[str, float], filler_rate: float
+    tasks: list[Task],
+    seed: int,
+    *,
+    correct_rates: Mapping[str, float],
+    filler_rate: float,
+    flaws: Flaws = Flaws(),
 ) -> Iterator[Example]:
     """One response per task per language of ``correct_rates``, right with that language's probability."""
     rng = random.Random(seed)
     for task in tasks:
         for language, correct_rate in correct_rates.items():
-            answer = None if rng.random() < correct_rate else flawed_answer(task, rng)
-            response = task.response(language, answer, filler=rng.random() < filler_rate)
+            response = sft_response(
+                task, language, rng, correct_rate=correct_rate, filler_rate=filler_rate, flaws=flaws
+            )
             instruction = task.instruction(language)
             yield Example(language, instruction, response, judge(instruction, response, language))
 
 
-def parallel_documents(tasks: list[Task], seed: int, correct_rate: float = 1.0) -> Iterator[str]:
+def parallel_documents(
+    tasks: list[Task], seed: int, correct_rate: float = 1.0, flaws: Flaws = Flaws()
+) -> Iterator[str]:
     """Pretraining text: each task answered in every language, in one document, in a shuffled language
     order, so that the languages are seen side by side; an answer is right with ``correct_rate`` (web text
     is not always right either), and then right in every language of the document."""
@@ -235,7 +317,7 @@ def parallel_documents(tasks: list[Task], seed: int, correct_rate: float = 1.0) 
     for task in tasks:
         order = list(LANGUAGES)
         rng.shuffle(order)
-        answer = None if rng.random() < correct_rate else flawed_answer(task, rng)
+        answer = None if rng.random() < correct_rate else flawed_answer(task, rng, flaws)
         yield "\n".join(f"{task.instruction(lang)} {task.response(lang, answer)}" for lang in order)
 
 
