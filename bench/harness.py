@@ -167,24 +167,46 @@ def ensure_pair_on_disk(shape: str, seed: int, device: str = "cpu") -> PairDirs:
     return PairDirs(folder / "policy", folder / "reference")
 
 
+LORA_RANK = 16
+
+
 def load_pair(spec: dict[str, Any]) -> tuple[Any, Any]:
-    """The (policy, reference) pair a worker spec names: loaded from disk, or built on the device."""
+    """The (policy, reference) pair a worker spec names: loaded from disk, or built on the device.
+
+    ``pair_mode`` "lora": the reference with a random rank-``LORA_RANK`` adapter on every linear layer as
+    the policy, and None as the reference (the engine's LoRA mode: one base model in memory);
+    "lora-merged": the same adapter merged into a second copy of the reference, and the reference."""
     import torch
 
     from xlreward.service.scoring.loading import load_causal_lm
 
     device, dtype_name = spec["device"], spec["dtype"]
-    if spec.get("pair_dirs"):
-        policy_dir, reference_dir = spec["pair_dirs"]
-        dtype = getattr(torch, dtype_name)
-        return (
-            load_causal_lm(policy_dir, torch.device(device), dtype),
-            load_causal_lm(reference_dir, torch.device(device), dtype),
-        )
-    return (
-        build_model(spec["shape"], spec["seed"], device, dtype_name),
-        build_model(spec["shape"], spec["seed"] + 1, device, dtype_name),
+
+    def load(index: int) -> Any:
+        if spec.get("pair_dirs"):
+            return load_causal_lm(spec["pair_dirs"][index], torch.device(device), getattr(torch, dtype_name))
+        return build_model(spec["shape"], spec["seed"] + index, device, dtype_name)
+
+    mode = spec.get("pair_mode", "pair")
+    if mode == "pair":
+        return load(0), load(1)
+    adapted = with_random_adapter(load(1), spec["seed"])
+    if mode == "lora":
+        return adapted, None
+    return adapted.merge_and_unload(), load(1)
+
+
+def with_random_adapter(model: Any, seed: int) -> Any:
+    """``model`` under a PEFT LoRA adapter with random weights (B is zero in a fresh adapter, which would
+    make the policy equal the reference)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed + 7)
+    config = LoraConfig(
+        r=LORA_RANK, lora_alpha=2 * LORA_RANK, target_modules="all-linear", init_lora_weights=False
     )
+    return get_peft_model(model, config).eval()
 
 
 # --- peak memory ---------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ class Row:
     variant: str | None  # None: not implemented
     bf16: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # EngineConfig fields; {} = the engine's defaults
+    pair: str = "pair"  # which models (harness.load_pair): the pair, or a LoRA policy over the reference
+    compare_to: str | None = "baseline"  # the row whose rewards this one's must equal (None: another pair)
 
 
 ROWS = [
@@ -85,7 +87,22 @@ ROWS = [
     Row("prefix", "+ shared prompt computed once per group (score_shared_prefix per prompt group)", "prefix"),
     Row("prefix-bf16", "+ bfloat16 weights and activations (log-softmax still fp32)", "prefix", bf16=True),
     Row("packed", "+ packed / padding-free attention: not implemented", None),
-    Row("lora", "LoRA mode (policy = reference + adapter, shared base pass): not implemented", None),
+    Row(
+        "lora-merged",
+        f"a LoRA policy as two full models: the reference + a random rank-{harness.LORA_RANK} all-linear "
+        "adapter merged into a copy, and the reference; prefix scoring",
+        "prefix",
+        pair="lora-merged",
+        compare_to=None,  # another policy than the baseline's: its rewards have nothing to equal
+    ),
+    Row(
+        "lora",
+        "LoRA mode: ONE base model in memory, policy = base + the same adapter, reference = adapter off "
+        "(rewards compared with lora-merged's); prefix scoring",
+        "prefix",
+        pair="lora",
+        compare_to="lora-merged",
+    ),
 ]
 EXTRA_ROWS = ["memory", "service"]
 ALL_ROWS = [row.name for row in ROWS] + EXTRA_ROWS
@@ -117,6 +134,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--items-per-request", type=int, default=4, help="service row: items per request")
     parser.add_argument(
         "--peak-tflops", type=float, help="accelerator bf16 peak for the MFU column (cuda: 790)"
+    )
+    parser.add_argument(
+        "--report", metavar="RESULTS", help="print a saved results JSON again, compared by this code's rules"
     )
     parser.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -211,7 +231,8 @@ def run_token_rows(
                 **variants.work_counts(row.variant, groups, EngineConfig(**config), args.device),
             )
             row_spec = {**spec, "kind": "row", "row": row.name, "variant": row.variant, "dtype": dtype}
-            row_spec["engine_config"] = config
+            row_spec.update(engine_config=config, pair_mode=row.pair)
+            entry["compare_to"] = row.compare_to
             entry.update(run_one(row, {**row_spec, "workload": work.to_json()}, scratch, scored))
     return results
 
@@ -261,32 +282,34 @@ def same_pairs(rewards: list[float], base: list[float], samples: int) -> int:
 def compare_rows(
     rows: list[dict[str, Any]], beta: float, params: dict[str, int], peak_tflops: float | None, samples: int
 ) -> None:
-    """Adds speed-up, reward differences against the baseline and (with a peak) MFU to each row."""
-    base = next((row for row in rows if row["row"] == "baseline" and "seconds" in row), None)
-    for row in rows:
-        if "seconds" not in row:
-            continue
+    """Adds speed-up against the baseline, reward differences against the row each compares to (the
+    baseline, or for a LoRA-mode row its two-full-model twin) and (with a peak) MFU to each row."""
+    measured = {row["row"]: row for row in rows if "seconds" in row}
+    base = measured.get("baseline")
+    for row in measured.values():
         rewards = [beta * (p - r) for p, r in zip(row["policy_logps"], row["reference_logps"], strict=True)]
         row["rewards"] = rewards
         row["matmul_tflops"] = row_flops(row, params) / 1e12
         if peak_tflops:  # the brief's convention: ~2 x parameters FLOPs per scored token per model
             flops = row["tokens_per_s"] * 2 * (2 * params["total"])
             row["mfu"] = flops / (peak_tflops * 1e12)
-        if base is None:
+        if base is not None:
+            row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+            row["work_ratio"] = row_flops(base, params) / row_flops(row, params)
+        twin = measured.get(row.get("compare_to", "baseline") or "")
+        if twin is None:
             continue
-        row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
-        row["work_ratio"] = row_flops(base, params) / row_flops(row, params)
-        base_rewards = [
-            beta * (p - r) for p, r in zip(base["policy_logps"], base["reference_logps"], strict=True)
+        twin_rewards = [
+            beta * (p - r) for p, r in zip(twin["policy_logps"], twin["reference_logps"], strict=True)
         ]
-        row["max_abs_reward_diff"] = max(abs(a - b) for a, b in zip(rewards, base_rewards, strict=True))
+        row["max_abs_reward_diff"] = max(abs(a - b) for a, b in zip(rewards, twin_rewards, strict=True))
         row["max_abs_logp_diff"] = max(
             abs(a - b)
             for key in ("policy_logps", "reference_logps")
-            for a, b in zip(row[key], base[key], strict=True)
+            for a, b in zip(row[key], twin[key], strict=True)
         )
         row["within_tolerance"] = row["max_abs_reward_diff"] <= TOLERANCE
-        row["same_pairs"] = same_pairs(rewards, base_rewards, samples)
+        row["same_pairs"] = same_pairs(rewards, twin_rewards, samples)
         row["groups"] = len(rewards) // samples
 
 
@@ -471,7 +494,9 @@ def _scheduler_line(batches: dict[str, float], sequence_tokens: int) -> str:
 
 
 def targets(rows: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[str, Any]:
-    measured = [r for r in rows if "speedup" in r and r["row"] != "baseline"]
+    # Rows that score the baseline's pair (a LoRA row's speed is another pair's; its rewards have a twin).
+    measured = [r for r in rows if "speedup" in r and r["row"] != "baseline" and "max_abs_reward_diff" in r]
+    measured = [r for r in measured if r.get("compare_to", "baseline") == "baseline"]
     out: dict[str, Any] = {"speedup_target": SPEEDUP_TARGET, "tolerance": TOLERANCE}
     for label, chosen in (
         ("fp32", [r for r in measured if r["dtype"] == "float32"]),
@@ -480,7 +505,7 @@ def targets(rows: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[s
         best = max(chosen, key=lambda r: r["speedup"], default=None)
         if best:
             out[f"best_{label}"] = {"row": best["row"], "speedup": round(best["speedup"], 3)}
-    fp32 = [r for r in measured if r["dtype"] == "float32"]
+    fp32 = [r for r in measured if r["dtype"] == "float32" and "within_tolerance" in r]
     out["all_fp32_rows_within_tolerance"] = all(r["within_tolerance"] for r in fp32) if fp32 else None
     out["speedup_met_fp32"] = out.get("best_fp32", {}).get("speedup", 0) >= SPEEDUP_TARGET
     out["speedup_met_any_dtype"] = out.get("best_any_dtype", {}).get("speedup", 0) >= SPEEDUP_TARGET
@@ -520,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main(*args.worker)
+    if args.report:
+        return report_main(Path(args.report))
     args.explicit_rows = args.rows
     args.rows = args.rows or ALL_ROWS
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
@@ -543,6 +570,25 @@ def main(argv: list[str] | None = None) -> int:
     path = harness.RESULTS / f"{name}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {path.relative_to(harness.REPO)} ({report['total_seconds']:.0f} s)")
+    return 0
+
+
+def report_main(path: Path) -> int:
+    """Re-derives the comparisons and targets of a saved run (its rows keep every log-prob) and prints it:
+    a run on a GPU machine can be read again anywhere."""
+    report = json.loads(path.read_text())
+    rows = report["rows"]
+    split, samples = report["model"]["parameter_split"], report["workload"]["samples"]
+    current = {row.name: row for row in ROWS}
+    for row in rows:
+        for stale in ("speedup", "max_abs_reward_diff", "max_abs_logp_diff", "within_tolerance"):
+            row.pop(stale, None)
+        row.pop("same_pairs", None)
+        if row["row"] in current:
+            row["compare_to"] = current[row["row"]].compare_to
+    compare_rows(rows, report["settings"]["beta"], split, report.get("peak_tflops"), samples)
+    report["targets"] = targets(rows, report.get("logp_memory"))
+    print_report(report, argparse.Namespace())
     return 0
 
 
