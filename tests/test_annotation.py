@@ -235,3 +235,32 @@ def test_celery_app_is_configured_for_safe_redelivery() -> None:
     assert conf.task_routes[GENERATE_TASK]["queue"] == "generation"
     assert conf.task_routes[SCORE_TASK]["queue"] == "annotation"
     assert app.tasks[GENERATE_TASK].acks_late and app.tasks[SCORE_TASK].max_retries == 20
+
+
+def sample_then_score(service: str, source: Path, out: Path, broker_url: str | None) -> None:
+    """The loop's two-phase annotation (reward_policy = "initial"): every unit sampled and none scored,
+    then every unit scored from the stored samples without sampling again."""
+    from xlreward.worker.annotate import generate_to_completion, plan_run, run_to_completion
+    from xlreward.worker.pipeline import GENERATED
+    from xlreward.worker.settings import WorkerSettings
+
+    settings = WorkerSettings(service_url=service, broker_url=broker_url, samples=4, max_tokens=12)
+    plan = plan_run([source], languages=LANGUAGES, out_dir=out, settings=settings)
+    rewards = service_calls(service, "/reward")
+    generate_to_completion(plan, settings, progress=lambda _: None, timeout=240)
+    assert plan.pending(GENERATED) == [] and plan.pending() == plan.jobs
+    time.sleep(1.0)  # a generation-only Celery unit that wrongly went on to scoring would show by now
+    assert plan.pending() == plan.jobs and service_calls(service, "/reward") == rewards
+    generations = service_calls(service, "/generate")
+    run_to_completion(plan, settings, progress=lambda _: None, timeout=240)
+    assert service_calls(service, "/generate") == generations  # the stored samples were scored
+    assert_one_outcome_per_unit(out, units=len(plan.jobs))
+
+
+def test_sampling_only_phase_then_scoring_embedded(service, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sample_then_score(service, write_instructions(tmp_path, ids=4), tmp_path / "out", None)
+
+
+def test_sampling_only_phase_then_scoring_with_celery_workers(service, broker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with workers(2, tmp_path, broker):
+        sample_then_score(service, write_instructions(tmp_path, ids=4), tmp_path / "out", broker)

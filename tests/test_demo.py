@@ -47,9 +47,11 @@ def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  #
         "iteration_2_beats_pi0",
         "cross_lingual_beats_monolingual_at_iteration_1",
     }
-    # Iteration 2 served the model iteration 1 trained, with pi_ref as the scoring reference.
+    # Iteration 2 sampled from the model iteration 1 trained and scored with pi^0 against pi_ref (the
+    # demo's reward_policy = "initial").
     second = json.loads((out / "cross-lingual" / "iter-2" / "DONE.json").read_text())
-    assert Path(second["served_policy"]) == (out / "cross-lingual" / "iter-1" / "train" / "model").resolve()
+    assert Path(second["generator"]) == (out / "cross-lingual" / "iter-1" / "train" / "model").resolve()
+    assert Path(second["served_policy"]).resolve() == (run.cache / TOY.key() / "pi0" / "model").resolve()
     assert Path(second["served_reference"]).resolve() == (run.cache / TOY.key() / "sft").resolve()
     # The ablation scored with the target-language instruction, the main run with the English one.
     for mode, expected in (("cross-lingual", "cross_lingual"), ("monolingual", "monolingual")):

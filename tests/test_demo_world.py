@@ -14,6 +14,8 @@ TASKS = [
     world.Task("max", a=7, b=12),
     world.Task("count", names=("Ana", "Bob", "Eva")),
     world.Task("copy", names=("Tom", "Lia", "Kai", "Ray")),
+    world.Task("first", names=("Max", "Ivo", "Eva")),
+    world.Task("second", names=("Max", "Ivo", "Eva")),
     world.Task("last", names=("Uma", "Leo", "Noa")),
 ]
 
@@ -58,6 +60,15 @@ def test_every_slice_of_the_tasks_holds_each_kind_equally_often() -> None:
         world.distinct_tasks(2000, seed=1, kinds=("add",), max_operand=20)
 
 
+def test_stages_share_no_task_and_do_not_depend_on_the_stages_after_them() -> None:
+    kinds = ("copy", "first", "last")
+    first, second = world.distinct_stages([(300, kinds), (200, ("first", "last"))], seed=1)
+    assert {t.kind for t in second} == {"first", "last"} and len(second) == 200
+    assert not {t.key for t in first} & {t.key for t in second}
+    assert world.distinct_stages([(300, kinds), (50, ("copy",))], seed=1)[0] == first
+    assert first == world.distinct_tasks(300, seed=1, kinds=kinds)
+
+
 def test_known_scores() -> None:
     assert world.judge("Add 3 and 5.", "The sum is 8.", "en") == 1.0
     assert world.judge("Suma 3 y 5.", "8 es la suma.", "es") == 1.0
@@ -69,8 +80,11 @@ def test_known_scores() -> None:
     assert world.judge("Repeat these names: Tom Lia Kai Ray.", "Here they are: Tom Lia Kai.", "en") == 0.75
     assert world.judge("Count the names: Ana Bob.", "Sure! There are 2 names.", "en") == 1.0
     assert world.judge("Count the names: Ana Bob.", "There are 2 names. Sure!", "en") == 0.0
-    assert world.judge("¿Qué nombre va al final: Ana Bob?", "Bob va al final.", "es") == 1.0
-    assert world.judge("¿Qué nombre va al final: Ana Bob?", "Ana va al final.", "es") == 0.0
+    assert world.judge("¿Qué nombre va al final: Ana Bob?", "Al final va Bob.", "es") == 1.0
+    assert world.judge("¿Qué nombre va al final: Ana Bob?", "Al final va Ana.", "es") == 0.0
+    assert world.judge("Welcher Name kommt zuerst: Ana Bob Eva?", "Gern! Zuerst kommt Ana.", "de") == 1.0
+    assert world.judge("Welcher Name kommt zuerst: Ana Bob Eva?", "Zuerst kommt Eva.", "de") == 0.0
+    assert world.judge("Which name comes second: Ana Bob Eva?", "The second name is Bob.", "en") == 1.0
 
 
 def test_instructions_parse_back_to_their_task_even_under_the_language_directive() -> None:
@@ -102,7 +116,8 @@ def test_the_tokenizer_keeps_every_word_of_the_world_whole() -> None:
     expected = {
         "¡Claro! Aquí están: Ana Bob.": ["¡", "Claro", "!", " Aquí", " están", ":", " Ana", " Bob", "."],
         "Gern! Zuletzt kommt Eva.": ["Gern", "!", " Zuletzt", " kommt", " Eva", "."],
-        "Sure! There are 3 names.": ["Sure", "!", " There", " are", " 3", " names", "."],
+        "Sure! The first name is Max.": ["Sure", "!", " The", " first", " name", " is", " Max", "."],
+        "Al final va Noa.": ["Al", " final", " va", " Noa", "."],
     }
     for text, pieces in expected.items():
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

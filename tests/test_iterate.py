@@ -99,3 +99,24 @@ def test_two_iterations_end_to_end_and_resume(llama_pair, tmp_path) -> None:  # 
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
         redis.Redis.from_url(BROKER).flushdb()
+
+
+def test_which_models_sample_and_score_in_each_iteration(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from xlreward.trainer.loop import IterateConfig
+
+    base = {"out": tmp_path, "sft": Path("sft"), "policy": Path("pi0"), "instructions": [Path("i.jsonl")]}
+    pi = [Path("pi0"), tmp_path / "iter-1" / "train" / "model", tmp_path / "iter-2" / "train" / "model"]
+    current = IterateConfig(**base, languages=["es"])
+    previous = IterateConfig(**base, languages=["es"], reference="previous")
+    initial = IterateConfig(**base, languages=["es"], reward_policy="initial")
+    for config in (current, previous, initial):
+        assert [config.generator_for(t) for t in range(3)] == pi  # pi^t samples, pi^{t+1} trains from it
+        assert config.pair_for(0) == (Path("pi0"), Path("sft"))
+    assert current.pair_for(2) == (pi[2], Path("sft"))
+    assert previous.pair_for(2) == (pi[2], pi[1])
+    assert initial.pair_for(2) == (Path("pi0"), Path("sft"))  # pi^0's reward throughout
+    with pytest.raises(ValidationError, match='set reference = "sft"'):
+        IterateConfig(**base, languages=["es"], reward_policy="initial", reference="previous")

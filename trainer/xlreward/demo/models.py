@@ -26,7 +26,7 @@ from typing import Any
 from xlreward.demo import world
 from xlreward.demo.lm import LMTraining, chat_sequences, text_sequences, train_lm
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 Log = Callable[[str], None]
 
 
@@ -37,13 +37,18 @@ class WorldSplit:
     pretrain: int = 1500
     sft: int = 1500
     english_dpo: int = 500
-    iterate: int = 200
+    iterate: int = 300
     evaluate: int = 150
     seed: int = 1
-    # No sums: with operands small enough for the tiny models to know every sum, there are fewer distinct
-    # sums than the disjoint splits need, and held-out sums of larger numbers would take a generalisation of
-    # addition these models do not learn. "max" is the arithmetic: a comparison, learnt from the numbers.
-    kinds: tuple[world.TaskKind, ...] = ("copy", "count", "max", "last")
+    # What the tiny models can learn: copying a list, and picking its first or last name. They do not learn
+    # counting or comparing numbers (pi^0 was at 57% on "which is larger" in English, a coin's rate), and
+    # a task the models cannot do only adds ties and a wrong shortcut (bigger numbers win) to the reward.
+    kinds: tuple[world.TaskKind, ...] = ("copy", "first", "last")
+    # The iteration prompts leave copying out: pi_ref copies at 96-99% in every language, so there is
+    # nothing to transfer, and a log-ratio against a reference that is already right can only prize the
+    # policy's rare wrong copies (at iteration 2, 20 of every 25 decided copy pairs chose the wrong copy).
+    # The held-out evaluation keeps all three kinds.
+    iterate_kinds: tuple[world.TaskKind, ...] = ("first", "last")
     max_operand: int = 40
 
 
@@ -86,13 +91,10 @@ class DemoTasks:
 
     @classmethod
     def build(cls, split: WorldSplit) -> DemoTasks:
-        sizes = [split.pretrain, split.sft, split.english_dpo, split.iterate, split.evaluate]
-        tasks = world.distinct_tasks(sum(sizes), split.seed, split.kinds, split.max_operand)
-        parts, start = [], 0
-        for size in sizes:
-            parts.append(tasks[start : start + size])
-            start += size
-        return cls(*parts)
+        k = split.kinds
+        stages = [(split.pretrain, k), (split.sft, k), (split.english_dpo, k)]
+        stages += [(split.iterate, split.iterate_kinds), (split.evaluate, k)]
+        return cls(*world.distinct_stages(stages, split.seed, split.max_operand))
 
 
 @dataclass(frozen=True)

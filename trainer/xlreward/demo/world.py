@@ -1,16 +1,18 @@
 """The demo's synthetic multilingual world: checkable tasks in three languages, and an oracle judge.
 
 English and two toy languages built on Spanish and German function words (each with its own phrasing and
-word order: the sum and the last name come first in Spanish) share the things a task is about: digits and
-personal names.
+word order: the sum comes first in Spanish; Spanish and German say "last comes X", not "the last name is
+X") share the things a task is about: digits and personal names.
 Every task has one right answer that the oracle computes from the instruction alone, so the judge needs no
 hidden metadata and works on any model's output in any of the three languages:
 
-    add    "Add 3 and 5."                     -> "The sum is 8."
-    copy   "Repeat these names: Ana Bob Eva." -> "Here they are: Ana Bob Eva."
-    count  "Count the names: Ana Bob Eva."    -> "There are 3 names."
-    max    "Which number is larger, 7 or 4?"  -> "The larger number is 7."
-    last   "Which name comes last: Ana Bob?"  -> "The last name is Bob."
+    add     "Add 3 and 5."                      -> "The sum is 8."
+    copy    "Repeat these names: Ana Bob Eva."  -> "Here they are: Ana Bob Eva."
+    count   "Count the names: Ana Bob Eva."     -> "There are 3 names."
+    max     "Which number is larger, 7 or 4?"   -> "The larger number is 7."
+    first   "Which name comes first: Ana Bob?"  -> "The first name is Ana."
+    second  "Which name comes second: Ana Bob?" -> "The second name is Bob."
+    last    "Which name comes last: Ana Bob?"   -> "The last name is Bob."
 
 A response may start with a polite word ("Sure!"), which changes its length but not its quality: the
 world has a length dimension for length-controlled win rates to remove. Flawed responses (what
@@ -19,7 +21,7 @@ dropped, swapped, replaced or repeated name, a count off by one, the smaller num
 list; or, with ``Flaws.breadth``, any wrong answer of the right type.
 
 ``distinct_tasks`` lets the kinds take turns, so every slice of its list (the demo's stages) holds each kind
-equally often.
+equally often; ``distinct_stages`` draws consecutive stages, each with its own kinds, none sharing a task.
 
 Pure Python with seeded ``random.Random``: the same seed gives the same world on every machine.
 """
@@ -28,14 +30,14 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 LANGUAGES = ("en", "es", "de")
 NAMES = ("Ana", "Bob", "Eva", "Max", "Tom", "Lia", "Ivo", "Kai", "Noa", "Ray", "Uma", "Leo")
-TaskKind = Literal["add", "copy", "count", "max", "last"]
-TASK_KINDS: tuple[TaskKind, ...] = ("add", "copy", "count", "max", "last")
+TaskKind = Literal["add", "copy", "count", "max", "first", "second", "last"]
+TASK_KINDS: tuple[TaskKind, ...] = ("add", "copy", "count", "max", "first", "second", "last")
 MAX_OPERAND = 20
 
 # Per language and task: (instruction template, response template). {a} {b} are numbers, {names} a
@@ -46,6 +48,8 @@ TEMPLATES: dict[str, dict[TaskKind, tuple[str, str]]] = {
         "copy": ("Repeat these names: {names}.", "Here they are: {x}."),
         "count": ("Count the names: {names}.", "There are {x} names."),
         "max": ("Which number is larger, {a} or {b}?", "The larger number is {x}."),
+        "first": ("Which name comes first: {names}?", "The first name is {x}."),
+        "second": ("Which name comes second: {names}?", "The second name is {x}."),
         "last": ("Which name comes last: {names}?", "The last name is {x}."),
     },
     "es": {
@@ -53,13 +57,17 @@ TEMPLATES: dict[str, dict[TaskKind, tuple[str, str]]] = {
         "copy": ("Repite estos nombres: {names}.", "Aquí están: {x}."),
         "count": ("Cuenta los nombres: {names}.", "Hay {x} nombres."),
         "max": ("¿Qué número es mayor, {a} o {b}?", "El número mayor es {x}."),
-        "last": ("¿Qué nombre va al final: {names}?", "{x} va al final."),
+        "first": ("¿Qué nombre va primero: {names}?", "Primero va {x}."),
+        "second": ("¿Qué nombre va segundo: {names}?", "Segundo va {x}."),
+        "last": ("¿Qué nombre va al final: {names}?", "Al final va {x}."),
     },
     "de": {
         "add": ("Addiere {a} und {b}.", "Die Summe ist {x}."),
         "copy": ("Wiederhole diese Namen: {names}.", "Hier sind sie: {x}."),
         "count": ("Zähle die Namen: {names}.", "Es sind {x} Namen."),
         "max": ("Welche Zahl ist größer, {a} oder {b}?", "Die größere Zahl ist {x}."),
+        "first": ("Welcher Name kommt zuerst: {names}?", "Zuerst kommt {x}."),
+        "second": ("Welcher Name kommt als zweiter: {names}?", "Als zweiter kommt {x}."),
         "last": ("Welcher Name kommt zuletzt: {names}?", "Zuletzt kommt {x}."),
     },
 }
@@ -86,6 +94,10 @@ class Task:
             return str(max(self.a, self.b))
         if self.kind == "count":
             return str(len(self.names))
+        if self.kind == "first":
+            return self.names[0]
+        if self.kind == "second":
+            return self.names[1]
         if self.kind == "last":
             return self.names[-1]
         return " ".join(self.names)
@@ -118,18 +130,32 @@ def distinct_tasks(
     slice of the list holds each kind equally often (a kind with a small content space, like sums of small
     numbers, would otherwise run out early and leave the later slices without it). ValueError when a kind
     has fewer distinct tasks than its share."""
+    return distinct_stages([(count, kinds)], seed, max_operand)[0]
+
+
+def distinct_stages(
+    stages: Sequence[tuple[int, tuple[TaskKind, ...]]], seed: int, max_operand: int = MAX_OPERAND
+) -> list[list[Task]]:
+    """Task lists for consecutive stages, each of (count, kinds), with no task in two stages: one random
+    stream and one set of seen tasks for them all, so a stage's tasks do not depend on the kinds of the
+    stages after it. Within a stage the kinds take turns (``distinct_tasks``)."""
     rng = random.Random(seed)
-    tasks: dict[str, Task] = {}
-    for index in range(count):
-        kind = kinds[index % len(kinds)]
-        for _ in range(10_000):
-            task = random_task(rng, kind, max_operand)
-            if task.key not in tasks:
-                tasks[task.key] = task
-                break
-        else:
-            raise ValueError(f"the world has too few distinct {kind!r} tasks for {count} tasks")
-    return list(tasks.values())
+    seen: set[str] = set()
+    lists: list[list[Task]] = []
+    for count, kinds in stages:
+        tasks = []
+        for index in range(count):
+            kind = kinds[index % len(kinds)]
+            for _ in range(10_000):
+                task = random_task(rng, kind, max_operand)
+                if task.key not in seen:
+                    seen.add(task.key)
+                    tasks.append(task)
+                    break
+            else:
+                raise ValueError(f"the world has too few distinct {kind!r} tasks for {count} tasks")
+        lists.append(tasks)
+    return lists
 
 
 @dataclass(frozen=True)
@@ -153,7 +179,7 @@ def random_wrong_answer(task: Task, rng: random.Random, max_operand: int = MAX_O
             answer = str(rng.randint(0, max_operand))
         elif task.kind == "count":
             answer = str(rng.randint(1, 6))
-        elif task.kind == "last":
+        elif task.kind in ("first", "second", "last"):
             answer = rng.choice(NAMES)
         else:
             answer = " ".join(rng.choice(NAMES) for _ in task.names)
@@ -172,6 +198,10 @@ def flawed_answer(task: Task, rng: random.Random, flaws: Flaws = Flaws()) -> str
         return str(min(task.a, task.b))
     if task.kind == "count":
         return str(len(task.names) + (1 if len(task.names) == 2 else rng.choice((-1, 1))))
+    if task.kind == "first":
+        return rng.choice(task.names[1:])
+    if task.kind == "second":
+        return rng.choice(task.names[:1] + task.names[2:])
     if task.kind == "last":
         return rng.choice(task.names[:-1])
     return " ".join(flawed_names(list(task.names), rng))
@@ -214,6 +244,8 @@ _ANSWER_SLOTS = {
     "max": r"(\d{1,3})",
     "count": r"(\d{1,3})",
     "copy": r"([A-Za-z ]*)",
+    "first": r"([A-Z][a-z]+)",
+    "second": r"([A-Z][a-z]+)",
     "last": r"([A-Z][a-z]+)",
 }
 _RESPONSE_PATTERNS = {
@@ -229,7 +261,7 @@ def parse_instruction(instruction: str) -> tuple[str, Task] | None:
     for language, kind, pattern in _INSTRUCTION_PATTERNS:
         match = pattern.search(instruction.strip())
         if match and match.end() == len(instruction.strip()):
-            if kind in ("copy", "count", "last"):
+            if kind in ("copy", "count", "first", "second", "last"):
                 return language, Task(kind, names=tuple(match.group(1).split()))
             return language, Task(kind, a=int(match.group(1)), b=int(match.group(2)))
     return None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xlreward.service.process import serve_process
 
@@ -56,9 +56,13 @@ class TrainSection(BaseModel):
 
 
 class IterateConfig(BaseModel):
-    """The loop's TOML file. ``reference``: the scoring reference in later iterations, the SFT model
-    ("sft") or the previous policy ("previous"); the paper leaves it open. ``train_reference``: the DPO
-    loss's reference, the policy being trained from ("policy") or the SFT model ("sft")."""
+    """The loop's TOML file. Iteration t always samples from pi^t and trains pi^{t+1} from it.
+    ``reward_policy``: whose implicit reward scores the samples in later iterations: the policy being
+    iterated ("current", pi^t) or the English-aligned pi^0 ("initial", the same reward model throughout:
+    the loop then samples with pi^t served, and switches the service to pi^0 and the SFT model to score).
+    ``reference``: with "current", the scoring reference in later iterations, the SFT model ("sft") or
+    the previous policy ("previous"); the paper leaves both open. ``train_reference``: the DPO loss's
+    reference, the policy being trained from ("policy") or the SFT model ("sft")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +71,7 @@ class IterateConfig(BaseModel):
     sft: Path  # pi_ref
     policy: Path  # pi^0, the English-aligned model
     reference: Literal["sft", "previous"] = "sft"
+    reward_policy: Literal["current", "initial"] = "current"
     train_reference: Literal["policy", "sft"] = "policy"
     instructions: list[Path] = Field(min_length=1)
     reference_format: bool = False
@@ -79,6 +84,14 @@ class IterateConfig(BaseModel):
     annotate: AnnotateSection = Field(default_factory=AnnotateSection)
     train: TrainSection = Field(default_factory=TrainSection)
 
+    @model_validator(mode="after")
+    def _one_reward(self) -> IterateConfig:
+        if self.reward_policy == "initial" and self.reference == "previous":
+            raise ValueError(
+                'reward_policy = "initial" scores with pi^0 against the SFT model: set reference = "sft"'
+            )
+        return self
+
     @classmethod
     def load(cls, path: Path) -> IterateConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -88,13 +101,17 @@ class IterateConfig(BaseModel):
         updates["instructions"] = [base / p for p in config.instructions]
         return config.model_copy(update=updates)
 
+    def generator_for(self, t: int) -> Path:
+        """The policy that samples in iteration t (0-based), and that pi^{t+1} is trained from: pi^t."""
+        return self.policy if t == 0 else self.iteration_dir(t - 1) / "train" / "model"
+
     def pair_for(self, t: int) -> tuple[Path, Path]:
-        """(policy, scoring reference) served in iteration t (0-based)."""
-        policy = self.policy if t == 0 else self.iteration_dir(t - 1) / "train" / "model"
-        if self.reference == "sft" or t == 0:
-            return policy, self.sft
-        previous = self.policy if t == 1 else self.iteration_dir(t - 2) / "train" / "model"
-        return policy, previous
+        """(policy, reference) of the reward in iteration t (0-based)."""
+        if self.reward_policy == "initial" or t == 0:
+            return self.policy, self.sft
+        if self.reference == "sft":
+            return self.generator_for(t), self.sft
+        return self.generator_for(t), self.generator_for(t - 1)
 
     def iteration_dir(self, t: int) -> Path:
         return self.out / f"iter-{t + 1}"
@@ -121,14 +138,20 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
         log(f"iteration {t + 1}: already done")
         result: dict[str, Any] = json.loads(done.read_text())
         return result
+    generator = config.generator_for(t)
     policy, reference = config.pair_for(t)
-    log(f"iteration {t + 1}: serving {policy} (policy) with {reference} (reference)")
+    if generator != policy:  # sample with pi^t served, then score with the reward pair
+        log(f"iteration {t + 1}: sampling from {generator}")
+        switch_models(url, admin_key, generator, reference)
+        annotate_stage(config, folder / "annotate", url, generate_only=True)
+    log(f"iteration {t + 1}: scoring with {policy} (policy) and {reference} (reference)")
     switch_models(url, admin_key, policy, reference)
     annotation = annotate_stage(config, folder / "annotate", url)
     log(f"iteration {t + 1}: {annotation['totals']['pairs']} pairs; training")
-    trained = train_stage(config, folder / "train", policy)
+    trained = train_stage(config, folder / "train", generator)
     result = {
         "iteration": t + 1,
+        "generator": str(generator),
         "served_policy": str(policy),
         "served_reference": str(reference),
         "pairs": str(folder / "annotate" / "pairs.jsonl"),
@@ -139,8 +162,12 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
     return result
 
 
-def annotate_stage(config: IterateConfig, out: Path, url: str) -> dict[str, Any]:
-    from xlreward.worker.annotate import plan_run, run_to_completion
+def annotate_stage(
+    config: IterateConfig, out: Path, url: str, *, generate_only: bool = False
+) -> dict[str, Any]:
+    """The annotation run of one iteration (``generate_only``: its sampling half; returns {})."""
+    from xlreward.worker.annotate import generate_to_completion, plan_run, run_to_completion
+    from xlreward.worker.pipeline import GENERATED
     from xlreward.worker.settings import WorkerSettings
 
     overrides = {k: v for k, v in config.annotate.model_dump().items() if v is not None}
@@ -152,6 +179,10 @@ def annotate_stage(config: IterateConfig, out: Path, url: str) -> dict[str, Any]
         settings=settings,
         reference_format=config.reference_format,
     )
+    if generate_only:
+        if plan.pending(GENERATED):
+            generate_to_completion(plan, settings, progress=lambda _: None)
+        return {}
     if (out / "summary.json").exists() and not plan.pending():
         summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
         return summary

@@ -21,7 +21,7 @@ from typing import Any
 from xlreward.worker.instructions import InstructionSet, load_instructions
 from xlreward.worker.jobs import RunSpec, UnitJob
 from xlreward.worker.pairing import ScoredSample, ScoredUnit, pair_language, summarise
-from xlreward.worker.pipeline import GENERATED, SCORED, run_unit
+from xlreward.worker.pipeline import GENERATED, SCORED, run_generation, run_unit
 from xlreward.worker.settings import WorkerSettings
 from xlreward.worker.store import ResultStore, open_store, unit_key
 
@@ -122,14 +122,15 @@ def run_embedded(plan: RunPlan, client: Any, progress: Progress) -> None:
             progress(1)
 
 
-def dispatch(plan: RunPlan, celery_app: Any) -> int:
-    """Sends each pending unit to its next step: generation, or scoring if its samples are stored."""
+def dispatch(plan: RunPlan, celery_app: Any, *, generate_only: bool = False) -> int:
+    """Sends each pending unit to its next step: generation, or scoring if its samples are stored.
+    ``generate_only``: only the units without samples, to be sampled and left unscored."""
     from xlreward.worker.celery_app import ANNOTATION_QUEUE, GENERATE_TASK, GENERATION_QUEUE, SCORE_TASK
 
     generated = plan.store.keys(GENERATED)
-    pending = plan.pending()
+    pending = plan.pending(GENERATED if generate_only else SCORED)
     for job in pending:
-        payload = job.model_dump()
+        payload = job.model_copy(update={"score_after_generation": not generate_only}).model_dump()
         if job.key in generated:
             celery_app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE)
         else:
@@ -137,15 +138,17 @@ def dispatch(plan: RunPlan, celery_app: Any) -> int:
     return len(pending)
 
 
-def wait_for_units(plan: RunPlan, progress: Progress, timeout: float | None = None) -> None:
-    """Polls the store until every unit is scored."""
-    seen = len(plan.jobs) - len(plan.pending())
+def wait_for_units(
+    plan: RunPlan, progress: Progress, timeout: float | None = None, kind: str = SCORED
+) -> None:
+    """Polls the store until every unit is scored (``kind`` GENERATED: has its samples)."""
+    seen = len(plan.jobs) - len(plan.pending(kind))
     deadline = None if timeout is None else time.monotonic() + timeout
     while seen < len(plan.jobs):
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"{len(plan.jobs) - seen} units still unfinished after {timeout:.0f} s")
         time.sleep(POLL_S)
-        done = len(plan.jobs) - len(plan.pending())
+        done = len(plan.jobs) - len(plan.pending(kind))
         progress(done - seen)
         seen = done
 
@@ -184,6 +187,22 @@ def run_to_completion(
         with embedded_client(settings) as client:
             run_embedded(plan, client, progress)
     return collect(plan)
+
+
+def generate_to_completion(
+    plan: RunPlan, settings: WorkerSettings, progress: Progress, timeout: float | None = None
+) -> None:
+    """Only the sampling half of the run: every unit gets its samples stored, none is scored. A later
+    ``run_to_completion`` of the same plan (with the service switched to another pair) scores them."""
+    if settings.broker_url:
+        from xlreward.worker.celery_app import create_celery
+
+        dispatch(plan, create_celery(settings), generate_only=True)
+        wait_for_units(plan, progress, timeout=timeout, kind=GENERATED)
+        return
+    with embedded_client(settings) as client, ThreadPoolExecutor(EMBEDDED_CONCURRENCY) as pool:
+        for _ in pool.map(lambda job: run_generation(job, plan.store, client), plan.pending(GENERATED)):
+            progress(1)
 
 
 def embedded_client(settings: WorkerSettings) -> Any:

@@ -81,10 +81,12 @@ def _register_tasks(app: Celery, settings: WorkerSettings) -> None:
 
     @app.task(name=GENERATE_TASK, **retry_options)
     def generate(payload: dict[str, Any]) -> None:
-        """Sample the unit's responses, then hand it to the annotation queue."""
+        """Sample the unit's responses, then hand it to the annotation queue (unless it is a generation-only
+        unit)."""
         job, store, client = context(payload)
         run_generation(job, store, client)
-        app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE)
+        if job.score_after_generation:
+            app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE)
 
     @app.task(name=SCORE_TASK, **retry_options)
     def score(payload: dict[str, Any]) -> None:

@@ -94,6 +94,9 @@ class UnitJob(BaseModel):
     max_tokens: int
     service_url: str
     store_url: str | None  # Redis URL; None for embedded runs
+    # False: a generation task stores the samples and stops (the loop scores them later with another
+    # model pair: ``xlreward iterate``'s reward_policy = "initial").
+    score_after_generation: bool = True
 
     @property
     def key(self) -> str:
