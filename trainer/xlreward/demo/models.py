@@ -44,10 +44,10 @@ class WorldSplit:
     # counting or comparing numbers (pi^0 was at 57% on "which is larger" in English, a coin's rate), and
     # a task the models cannot do only adds ties and a wrong shortcut (bigger numbers win) to the reward.
     kinds: tuple[world.TaskKind, ...] = ("copy", "first", "last")
-    # The iteration prompts leave copying out: pi_ref copies at 96-99% in every language, so there is
-    # nothing to transfer, and a log-ratio against a reference that is already right can only prize the
-    # policy's rare wrong copies (at iteration 2, 20 of every 25 decided copy pairs chose the wrong copy).
-    # The held-out evaluation keeps all three kinds.
+    # The iteration prompts leave copying out: pi^0 copies at 94-98% in every language, so there is little
+    # to transfer, and a log-ratio against a reference that is already right can only prize the policy's
+    # rare wrong copies (at iteration 2, 41 of 47 decided Spanish and German copy pairs chose the wrong
+    # copy). The held-out evaluation keeps all three kinds.
     iterate_kinds: tuple[world.TaskKind, ...] = ("first", "last")
     max_operand: int = 40
 
