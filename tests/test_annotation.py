@@ -264,3 +264,26 @@ def test_sampling_only_phase_then_scoring_embedded(service, tmp_path) -> None:  
 def test_sampling_only_phase_then_scoring_with_celery_workers(service, broker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with workers(2, tmp_path, broker):
         sample_then_score(service, write_instructions(tmp_path, ids=4), tmp_path / "out", broker)
+
+
+def test_the_same_spec_in_another_folder_does_not_reuse_the_first_folders_results(  # type: ignore[no-untyped-def]
+    service, broker, tmp_path
+) -> None:
+    """Regression: the Redis store was keyed by the spec alone, so `xlreward iterate` with a broker found
+    iteration 1's scored samples in iteration 2 (same instructions and settings, another policy served)
+    and paired them again without sampling."""
+    from xlreward.worker.annotate import plan_run, run_to_completion
+    from xlreward.worker.settings import WorkerSettings
+
+    source = write_instructions(tmp_path, ids=3)
+    settings = WorkerSettings(service_url=service, broker_url=broker, samples=4, max_tokens=12)
+    with workers(1, tmp_path, broker):
+        first = plan_run([source], languages=LANGUAGES, out_dir=tmp_path / "one", settings=settings)
+        run_to_completion(first, settings, progress=lambda _: None, timeout=240)
+        generations = service_calls(service, "/generate")
+        second = plan_run([source], languages=LANGUAGES, out_dir=tmp_path / "two", settings=settings)
+        assert second.spec.run_id == first.spec.run_id and len(second.pending()) == len(second.jobs)
+        run_to_completion(second, settings, progress=lambda _: None, timeout=240)
+        assert service_calls(service, "/generate") == generations + len(second.jobs)
+        again = plan_run([source], languages=LANGUAGES, out_dir=tmp_path / "one", settings=settings)
+        assert again.pending() == []  # a resume of the first folder still finds its results

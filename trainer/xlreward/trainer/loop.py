@@ -140,7 +140,8 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
         return result
     generator = config.generator_for(t)
     policy, reference = config.pair_for(t)
-    if generator != policy:  # sample with pi^t served, then score with the reward pair
+    # Sample with pi^t served, then score with the reward pair (unless a previous run finished annotating).
+    if generator != policy and not (folder / "annotate" / "summary.json").exists():
         log(f"iteration {t + 1}: sampling from {generator}")
         switch_models(url, admin_key, generator, reference)
         annotate_stage(config, folder / "annotate", url, generate_only=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,11 +73,12 @@ def plan_run(
     spec = RunSpec.build(
         settings, languages=languages, instructions_digest=instructions_digest(instructions, languages)
     )
-    bind_out_dir(out_dir, spec)
+    store_id = bind_out_dir(out_dir, spec)
     store_url = settings.broker_url
     jobs = [
         UnitJob(
             run_id=spec.run_id,
+            store_id=store_id,
             id=unit_id,
             language=language,
             instruction=instructions.instructions[(unit_id, language)].instruction,
@@ -96,11 +98,14 @@ def plan_run(
         )
         for unit_id, language in instructions.units(languages)
     ]
-    store = open_store(broker_url=store_url, run_id=spec.run_id, out_dir=out_dir)
+    store = open_store(broker_url=store_url, store_id=store_id, out_dir=out_dir)
     return RunPlan(spec=spec, jobs=jobs, out_dir=out_dir, store=store)
 
 
-def bind_out_dir(out_dir: Path, spec: RunSpec) -> None:
+def bind_out_dir(out_dir: Path, spec: RunSpec) -> str:
+    """Binds ``out_dir`` to the run and returns the id of its results in Redis: the spec's id and a nonce
+    drawn when the folder is first bound, so that a resume finds its results and no other folder does
+    (the served models are not in the spec, and the loop annotates the same spec once per iteration)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / "run.json"
     if marker.exists():
@@ -111,8 +116,11 @@ def bind_out_dir(out_dir: Path, spec: RunSpec) -> None:
                 f"settings than this one, {spec.run_id}): give a new --out, or delete that folder to start "
                 "over"
             )
-        return
-    write_atomically(marker, json.dumps({"run_id": spec.run_id, "spec": spec.model_dump()}, indent=2))
+        return str(existing.get("store_id", spec.run_id))  # folders bound before store ids: the run id
+    store_id = f"{spec.run_id}-{secrets.token_hex(6)}"
+    record = {"run_id": spec.run_id, "store_id": store_id, "spec": spec.model_dump()}
+    write_atomically(marker, json.dumps(record, indent=2))
+    return store_id
 
 
 def run_embedded(plan: RunPlan, client: Any, progress: Progress) -> None:

@@ -77,7 +77,7 @@ def _register_tasks(app: Celery, settings: WorkerSettings) -> None:
         job = UnitJob.model_validate(payload)
         assert job.store_url is not None, "Celery units keep their results in Redis"
         client = _client(job.service_url, settings.service_api_key, settings.service_retries)
-        return job, RedisStore(job.store_url, job.run_id), client
+        return job, RedisStore(job.store_url, job.store_id), client
 
     @app.task(name=GENERATE_TASK, **retry_options)
     def generate(payload: dict[str, Any]) -> None:

@@ -82,6 +82,7 @@ class UnitJob(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str
+    store_id: str  # where the results live (RedisStore): one per output folder
     id: str
     language: str
     instruction: str  # target language: the generation prompt and the pair's prompt

@@ -68,13 +68,15 @@ class DirectoryStore:
 
 
 class RedisStore:
-    """One Redis hash per (run, kind); HSETNX is the atomic write-once."""
+    """One Redis hash per (run, kind); HSETNX is the atomic write-once. ``store_id`` names the run's
+    output folder's results (``annotate.bind_out_dir``), not just its spec: the same spec annotated into
+    another folder (the next iteration, with another policy served) must not find this one's samples."""
 
-    def __init__(self, url: str, run_id: str) -> None:
+    def __init__(self, url: str, store_id: str) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url, decode_responses=True)
-        self.prefix = f"xlreward:run:{run_id}"
+        self.prefix = f"xlreward:run:{store_id}"
 
     def put_once(self, kind: Kind, key: str, value: dict[str, Any]) -> bool:
         return bool(self.client.hsetnx(f"{self.prefix}:{kind}", key, json.dumps(value, ensure_ascii=False)))
@@ -87,5 +89,5 @@ class RedisStore:
         return {str(key) for key in self.client.hkeys(f"{self.prefix}:{kind}")}
 
 
-def open_store(*, broker_url: str | None, run_id: str, out_dir: Path) -> ResultStore:
-    return RedisStore(broker_url, run_id) if broker_url else DirectoryStore(out_dir / "state")
+def open_store(*, broker_url: str | None, store_id: str, out_dir: Path) -> ResultStore:
+    return RedisStore(broker_url, store_id) if broker_url else DirectoryStore(out_dir / "state")
