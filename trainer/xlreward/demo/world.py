@@ -39,6 +39,9 @@ NAMES = ("Ana", "Bob", "Eva", "Max", "Tom", "Lia", "Ivo", "Kai", "Noa", "Ray", "
 TaskKind = Literal["add", "copy", "count", "max", "first", "second", "last"]
 TASK_KINDS: tuple[TaskKind, ...] = ("add", "copy", "count", "max", "first", "second", "last")
 MAX_OPERAND = 20
+NUMBER_KINDS = ("add", "max")  # tasks about two numbers; the others are about a list of names
+# The tasks that ask for one name of the list, and its position there.
+NAME_POSITIONS: dict[TaskKind, int] = {"first": 0, "second": 1, "last": -1}
 
 # Per language and task: (instruction template, response template). {a} {b} are numbers, {names} a
 # space-separated list of names, {x} the answer.
@@ -94,12 +97,8 @@ class Task:
             return str(max(self.a, self.b))
         if self.kind == "count":
             return str(len(self.names))
-        if self.kind == "first":
-            return self.names[0]
-        if self.kind == "second":
-            return self.names[1]
-        if self.kind == "last":
-            return self.names[-1]
+        if self.kind in NAME_POSITIONS:
+            return self.names[NAME_POSITIONS[self.kind]]
         return " ".join(self.names)
 
     def instruction(self, language: str) -> str:
@@ -115,7 +114,7 @@ class Task:
 
 
 def random_task(rng: random.Random, kind: TaskKind, max_operand: int = MAX_OPERAND) -> Task:
-    if kind in ("add", "max"):
+    if kind in NUMBER_KINDS:
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         while kind == "max" and a == b:
             b = rng.randint(0, max_operand)
@@ -179,7 +178,7 @@ def random_wrong_answer(task: Task, rng: random.Random, max_operand: int = MAX_O
             answer = str(rng.randint(0, max_operand))
         elif task.kind == "count":
             answer = str(rng.randint(1, 6))
-        elif task.kind in ("first", "second", "last"):
+        elif task.kind in NAME_POSITIONS:
             answer = rng.choice(NAMES)
         else:
             answer = " ".join(rng.choice(NAMES) for _ in task.names)
@@ -198,12 +197,9 @@ def flawed_answer(task: Task, rng: random.Random, flaws: Flaws = Flaws()) -> str
         return str(min(task.a, task.b))
     if task.kind == "count":
         return str(len(task.names) + (1 if len(task.names) == 2 else rng.choice((-1, 1))))
-    if task.kind == "first":
-        return rng.choice(task.names[1:])
-    if task.kind == "second":
-        return rng.choice(task.names[:1] + task.names[2:])
-    if task.kind == "last":
-        return rng.choice(task.names[:-1])
+    if task.kind in NAME_POSITIONS:  # another name of the list
+        position = NAME_POSITIONS[task.kind] % len(task.names)
+        return rng.choice([name for i, name in enumerate(task.names) if i != position])
     return " ".join(flawed_names(list(task.names), rng))
 
 
@@ -244,9 +240,7 @@ _ANSWER_SLOTS = {
     "max": r"(\d{1,3})",
     "count": r"(\d{1,3})",
     "copy": r"([A-Za-z ]*)",
-    "first": r"([A-Z][a-z]+)",
-    "second": r"([A-Z][a-z]+)",
-    "last": r"([A-Z][a-z]+)",
+    **dict.fromkeys(NAME_POSITIONS, r"([A-Z][a-z]+)"),
 }
 _RESPONSE_PATTERNS = {
     (language, kind): _pattern(response, {"x": _ANSWER_SLOTS[kind]})
@@ -261,9 +255,9 @@ def parse_instruction(instruction: str) -> tuple[str, Task] | None:
     for language, kind, pattern in _INSTRUCTION_PATTERNS:
         match = pattern.search(instruction.strip())
         if match and match.end() == len(instruction.strip()):
-            if kind in ("copy", "count", "first", "second", "last"):
-                return language, Task(kind, names=tuple(match.group(1).split()))
-            return language, Task(kind, a=int(match.group(1)), b=int(match.group(2)))
+            if kind in NUMBER_KINDS:
+                return language, Task(kind, a=int(match.group(1)), b=int(match.group(2)))
+            return language, Task(kind, names=tuple(match.group(1).split()))
     return None
 
 
