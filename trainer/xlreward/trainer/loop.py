@@ -144,7 +144,7 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
     if generator != policy and not (folder / "annotate" / "summary.json").exists():
         log(f"iteration {t + 1}: sampling from {generator}")
         switch_models(url, admin_key, generator, reference)
-        annotate_stage(config, folder / "annotate", url, generate_only=True)
+        sample_stage(config, folder / "annotate", url)
     log(f"iteration {t + 1}: scoring with {policy} (policy) and {reference} (reference)")
     switch_models(url, admin_key, policy, reference)
     annotation = annotate_stage(config, folder / "annotate", url)
@@ -163,12 +163,9 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
     return result
 
 
-def annotate_stage(
-    config: IterateConfig, out: Path, url: str, *, generate_only: bool = False
-) -> dict[str, Any]:
-    """The annotation run of one iteration (``generate_only``: its sampling half; returns {})."""
-    from xlreward.worker.annotate import generate_to_completion, plan_run, run_to_completion
-    from xlreward.worker.pipeline import GENERATED
+def annotation_plan(config: IterateConfig, out: Path, url: str) -> tuple[Any, Any]:
+    """(plan, worker settings) of one iteration's annotation run in ``out``, through the service ``url``."""
+    from xlreward.worker.annotate import plan_run
     from xlreward.worker.settings import WorkerSettings
 
     overrides = {k: v for k, v in config.annotate.model_dump().items() if v is not None}
@@ -180,10 +177,21 @@ def annotate_stage(
         settings=settings,
         reference_format=config.reference_format,
     )
-    if generate_only:
-        if plan.pending(GENERATED):
-            generate_to_completion(plan, settings, progress=lambda _: None)
-        return {}
+    return plan, settings
+
+
+def sample_stage(config: IterateConfig, out: Path, url: str) -> None:
+    """The sampling half of the annotation run: every unit's samples stored, none scored."""
+    from xlreward.worker.annotate import generate_to_completion
+
+    plan, settings = annotation_plan(config, out, url)
+    generate_to_completion(plan, settings, progress=lambda _: None)
+
+
+def annotate_stage(config: IterateConfig, out: Path, url: str) -> dict[str, Any]:
+    from xlreward.worker.annotate import run_to_completion
+
+    plan, settings = annotation_plan(config, out, url)
     if (out / "summary.json").exists() and not plan.pending():
         summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
         return summary

@@ -123,10 +123,13 @@ def bind_out_dir(out_dir: Path, spec: RunSpec) -> str:
     return store_id
 
 
-def run_embedded(plan: RunPlan, client: Any, progress: Progress) -> None:
-    """Runs the pending units in this process, a few at a time (the service batches them together)."""
+def run_embedded(plan: RunPlan, client: Any, progress: Progress, *, generate_only: bool = False) -> None:
+    """Runs the pending units in this process, a few at a time (the service batches them together).
+    ``generate_only``: only the units without samples, sampled and left unscored."""
+    step = run_generation if generate_only else run_unit
     with ThreadPoolExecutor(EMBEDDED_CONCURRENCY) as pool:
-        for _ in pool.map(lambda job: run_unit(job, plan.store, client), plan.pending()):
+        pending = plan.pending(GENERATED if generate_only else SCORED)
+        for _ in pool.map(lambda job: step(job, plan.store, client), pending):
             progress(1)
 
 
@@ -208,9 +211,8 @@ def generate_to_completion(
         dispatch(plan, create_celery(settings), generate_only=True)
         wait_for_units(plan, progress, timeout=timeout, kind=GENERATED)
         return
-    with embedded_client(settings) as client, ThreadPoolExecutor(EMBEDDED_CONCURRENCY) as pool:
-        for _ in pool.map(lambda job: run_generation(job, plan.store, client), plan.pending(GENERATED)):
-            progress(1)
+    with embedded_client(settings) as client:
+        run_embedded(plan, client, progress, generate_only=True)
 
 
 def embedded_client(settings: WorkerSettings) -> Any:
