@@ -85,8 +85,19 @@ ROWS = [
         "engine",
     ),
     Row("prefix", "+ shared prompt computed once per group (score_shared_prefix per prompt group)", "prefix"),
-    Row("prefix-bf16", "+ bfloat16 weights and activations (log-softmax still fp32)", "prefix", bf16=True),
-    Row("packed", "+ packed / padding-free attention: not implemented", None),
+    Row(
+        "packed",
+        "+ packed rows without padding: all groups at once, each prompt once per row and each response a "
+        "segment attending to it (score_packed, packed_attention)",
+        "packed",
+        config={"packed": True},
+    ),
+    Row(
+        "prefix-bf16",
+        "prefix + bfloat16 weights and activations (log-softmax still fp32)",
+        "prefix",
+        bf16=True,
+    ),
     Row(
         "lora-merged",
         f"a LoRA policy as two full models: the reference + a random rank-{harness.LORA_RANK} all-linear "

@@ -109,11 +109,20 @@ def shared_prefix(engine: Any, groups: list[list[Any]], settings: dict[str, Any]
     return _split([score for group in groups for score in score_shared_prefix(engine, group)])
 
 
+def packed(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) -> Sums:
+    """``score_packed`` over all groups at once: + rows without padding, each group's prompt once per row
+    and each response a segment on it (``packed_attention``)."""
+    from xlreward.service.scoring.packing import score_packed
+
+    return _split([score for group in score_packed(engine, groups) for score in group])
+
+
 VARIANTS: dict[str, Variant] = {
     "baseline": baseline,
     "bucketed": bucketed,
     "engine": engine_rows,
     "prefix": shared_prefix,
+    "packed": packed,
 }
 
 
@@ -140,6 +149,8 @@ def work_counts(variant: str, groups: list[list[Any]], config: Any, device: str)
     if variant == "prefix":
         fed = sum(_prefix_fed(group, budget, config.max_padding) for group in groups)
         return {"fed_tokens": fed, "head_rows": scored}
+    if variant == "packed":
+        return {"fed_tokens": _packed_fed(groups, budget), "head_rows": scored}
     lengths = [len(item) if variant == "bucketed" else fed_length(item) for item in flat]
     batches = plan_batches(lengths, budget, config.max_padding)
     fed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
@@ -155,6 +166,21 @@ def _prefix_fed(group: list[Any], budget: int, max_padding: float) -> int:
     suffixes = [max(item.score_end - 1 - prefix, 0) for item in group]
     batches = plan_batches(suffixes, budget, max_padding, shared_prefix=prefix)
     return prefix + sum(len(b) * max(suffixes[i] for i in b) for b in batches)
+
+
+def _packed_fed(groups: list[list[Any]], budget: int) -> int:
+    """What ``score_packed`` runs: per row, each group part's prompt once and its members' suffixes."""
+    from xlreward.service.scoring.batching import plan_packed_rows
+    from xlreward.service.scoring.prefix import shared_prefix_length
+
+    prompts = [shared_prefix_length(group) if len(group) > 1 else 0 for group in groups]
+    suffixes = [[max(item.score_end - 1 - p, 0) for item in g] for g, p in zip(groups, prompts, strict=True)]
+    rows = plan_packed_rows(list(zip(prompts, suffixes, strict=True)), budget)
+    return sum(
+        prompts[part.group] + sum(suffixes[part.group][m] for m in part.members)
+        for row in rows
+        for part in row
+    )
 
 
 # --- the worker side -----------------------------------------------------------------------------------

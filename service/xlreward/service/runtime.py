@@ -164,6 +164,7 @@ class Runtime:
         """Per engine (two only while a model switch drains), the batch's single items run together and
         each group runs with its prompt computed once. Returns, per unit, an ItemScore (item) or a list of
         them (group)."""
+        from xlreward.service.scoring.packing import score_packed
         from xlreward.service.scoring.prefix import score_shared_prefix
 
         results: list[Any] = [None] * len(units)
@@ -171,6 +172,14 @@ class Runtime:
         with self.model_lock:
             for key, engine in engines.items():
                 mine = [i for i, unit in enumerate(units) if id(unit.payload.engine) == key]
+                if engine.config.packed:  # items and groups share rows
+                    groups = [
+                        units[i].payload.items if units[i].is_group else [units[i].payload.items]
+                        for i in mine
+                    ]
+                    for index, scores in zip(mine, score_packed(engine, groups), strict=True):
+                        results[index] = scores if units[index].is_group else scores[0]
+                    continue
                 singles = [i for i in mine if not units[i].is_group]
                 scores = engine.score_tokenized([units[i].payload.items for i in singles])
                 for index, score in zip(singles, scores, strict=True):

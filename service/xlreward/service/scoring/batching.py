@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Padding a batch may hold, as a fraction of its padded tokens. Sorting by length alone is not enough: a
 # budget-filled batch of sorted lengths can still run from 1100 tokens down to 500, so a third of what the
@@ -66,3 +67,52 @@ def plan_batches(
     if current:
         batches.append(current)
     return batches
+
+
+@dataclass(frozen=True)
+class PackedPart:
+    """Members of one group that a packed row holds, with the group's shared prompt (if it has one) once
+    before them."""
+
+    group: int
+    members: tuple[int, ...]
+
+
+def plan_packed_rows(
+    groups: Sequence[tuple[int, Sequence[int]]], max_row_tokens: int
+) -> list[list[PackedPart]]:
+    """Which members of which groups each packed row holds, at most ``max_row_tokens`` positions a row.
+
+    ``groups``: per group, (prompt positions shared by its members, 0 for none; each member's own
+    positions). A packed row has no padding, so rows are filled in input order: a member goes into the
+    current row if its positions fit, plus the group's prompt when the row does not hold it yet; otherwise
+    the row closes. A group cut across rows has its prompt in each of them (the prompt runs once per row
+    instead of once, a small cost against leaving a row part-empty). A prompt and one member that do not fit
+    in an empty row still get a row of their own: the budget bounds packing, it never refuses an item.
+
+    >>> [[(p.group, p.members) for p in row] for row in plan_packed_rows([(0, [5]), (0, [4]), (0, [9])], 10)]
+    [[(0, (0,)), (1, (0,))], [(2, (0,))]]
+    >>> plan_packed_rows([(4, [3, 3, 3])], max_row_tokens=10)  # the prompt again in the second row
+    [[PackedPart(group=0, members=(0, 1))], [PackedPart(group=0, members=(2,))]]
+    """
+    if max_row_tokens < 1:
+        raise ValueError(f"max_row_tokens must be at least 1, got {max_row_tokens}")
+    rows: list[list[PackedPart]] = []
+    row: list[PackedPart] = []
+    used = 0
+    for group, (prompt, lengths) in enumerate(groups):
+        members: list[int] = []
+        for member, length in enumerate(lengths):
+            need = length if members else prompt + length
+            if used + need > max_row_tokens and (row or members):
+                if members:
+                    row.append(PackedPart(group, tuple(members)))
+                rows.append(row)
+                row, members, used, need = [], [], 0, prompt + length
+            members.append(member)
+            used += need
+        if members:
+            row.append(PackedPart(group, tuple(members)))
+    if row:
+        rows.append(row)
+    return rows

@@ -31,6 +31,7 @@ from xlreward.service.scoring.logprobs import (
     selective_log_softmax,
     softcapped,
 )
+from xlreward.service.scoring.packed_attention import check_packing
 from xlreward.service.scoring.templating import (
     ItemTokenizer,
     TemplateOptions,
@@ -50,6 +51,8 @@ class EngineConfig:
     ``max_padding``: a batch closes before padding passes this fraction of its padded tokens (1.0: off).
     ``padding_mask``: pass the attention mask of the right padding anyway. Causal attention never needs it
     (see the module docstring); it is there for an architecture whose attention is not strictly causal.
+    ``packed``: run items and prompt groups in packed rows with no padding (``packing``), up to
+    ``max_batch_tokens`` real positions a row; the engine checks at start-up that the models pack exactly.
     The engine's ``config`` has ``chunk_size`` and ``max_batch_tokens`` resolved."""
 
     beta: float = 0.1
@@ -57,6 +60,7 @@ class EngineConfig:
     max_batch_tokens: int | None = None
     max_padding: float = DEFAULT_MAX_PADDING
     padding_mask: bool = False
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if (self.chunk_size is not None and self.chunk_size < 1) or (
@@ -227,6 +231,9 @@ class ScoringEngine:
         self.sides: tuple[ScoredModel, ScoredModel] = (ScoredModel.of(policy), reference_side)
         for model, side in zip((self.policy, self.reference), self.sides, strict=True):
             self._check_head_reproduces_logits(model, side)  # in LoRA mode: the policy, adapter off
+            if self.config.packed:
+                with side.context():
+                    check_packing(side.backbone, head.shape[0], self.device)
 
     def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
         """Token ids and scored span of one item; raises ``ItemError`` saying what to fix."""
@@ -241,7 +248,12 @@ class ScoringEngine:
     def score_tokenized(
         self, items: Sequence[TokenizedItem], progress: Progress | None = None
     ) -> list[ItemScore]:
-        """Scores tokenized items in length-grouped batches; results in input order."""
+        """Scores tokenized items in length-grouped batches (packed rows with ``packed``); results in
+        input order."""
+        if self.config.packed:
+            from xlreward.service.scoring.packing import score_packed  # it builds on this module
+
+            return [group[0] for group in score_packed(self, [[item] for item in items], progress)]
         results: list[ItemScore | None] = [None] * len(items)
         lengths = [fed_length(item) for item in items]
         for indices in plan_batches(lengths, self.max_batch_tokens, self.config.max_padding):

@@ -57,6 +57,10 @@ def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -
     reuses the same prefix cache."""
     if not items:
         return []
+    if engine.config.packed:
+        from xlreward.service.scoring.packing import score_packed  # it builds on this module
+
+        return score_packed(engine, [items])[0]
     prefix = shared_prefix_length(items)
     suffix_lengths = [max(item.score_end - 1 - prefix, 0) for item in items]
     batches = plan_batches(

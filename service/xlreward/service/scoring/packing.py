@@ -1,0 +1,132 @@
+"""Scoring in packed rows: items and prompt groups concatenated with no padding (``EngineConfig.packed``).
+
+Each row holds whole groups, or parts of them (``batching.plan_packed_rows``): a group of responses to one
+prompt is its prompt once, as one segment, then each response's suffix as a segment that sees the prompt
+(``packed_attention.Segment.context``); a lone item is one plain causal segment. Each model runs the row
+once through ``packed_attention``; the LM head and float32 log-softmax then run on the scored positions
+only (``chunked_token_logps``), and sums are float64. Scores equal ``score_tokenized``'s and
+``score_shared_prefix``'s to float rounding: the same causal attention over the same keys, the same
+positions, the same LM-head path.
+
+Which positions are fed: as in ``prefix`` and ``engine.fed_length``, scoring token j reads position j - 1,
+so an item's positions up to ``score_end - 1`` are fed and nothing after; a group's members feed
+``input_ids[P : score_end - 1]`` on top of the prompt's ``input_ids[:P]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from xlreward.service.scoring.batching import PackedPart, plan_packed_rows
+from xlreward.service.scoring.engine import ItemScore, ScoringEngine
+from xlreward.service.scoring.logprobs import chunked_token_logps
+from xlreward.service.scoring.packed_attention import Segment, packed_forward
+from xlreward.service.scoring.prefix import shared_prefix_length
+from xlreward.service.scoring.templating import TokenizedItem
+
+
+@dataclass
+class _RowBuilder:
+    """One packed row as lists, before it becomes tensors: token ids, positions, segments, and per scored
+    token the row position that predicts it, its id and the (flat) item it belongs to."""
+
+    ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    reads: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+
+    def append(self, tokens: Sequence[int], first_position: int, context: tuple[int, int] | None) -> int:
+        """Adds a segment; returns its start in the row."""
+        start = len(self.ids)
+        if tokens:
+            self.ids.extend(tokens)
+            self.positions.extend(range(first_position, first_position + len(tokens)))
+            self.segments.append(Segment(start, len(self.ids), context))
+        return start
+
+    def read(
+        self, item: TokenizedItem, owner: int, prompt_start: int, prompt: int, suffix_start: int
+    ) -> None:
+        """Where each scored token of ``item`` is read: position j - 1, in the prompt or in the suffix."""
+        for position in range(item.score_start - 1, item.score_end - 1):
+            row_position = prompt_start + position if position < prompt else suffix_start + position - prompt
+            self.reads.append(row_position)
+        self.targets.extend(item.input_ids[item.score_start : item.score_end])
+        self.owners.extend([owner] * item.num_scored)
+
+
+def score_packed(
+    engine: ScoringEngine,
+    groups: Sequence[Sequence[TokenizedItem]],
+    progress: Callable[[int], None] | None = None,
+) -> list[list[ItemScore]]:
+    """Scores groups of items in packed rows; per group, its items' scores in order. ``progress`` is told
+    how many items each row finished.
+
+    A group of two or more items must share a prompt (``prefix.shared_prefix_length`` says what it
+    refuses); a group of one is an item on its own. Rows hold at most ``engine.max_batch_tokens`` positions
+    (real ones: a packed row has no padding)."""
+    prompts = [shared_prefix_length(group) if len(group) > 1 else 0 for group in groups]
+    suffixes = [
+        [max(item.score_end - 1 - prompt, 0) for item in group]
+        for group, prompt in zip(groups, prompts, strict=True)
+    ]
+    starts = [0]  # flat index of each group's first item
+    for group in groups:
+        starts.append(starts[-1] + len(group))
+    sums = [torch.zeros(starts[-1], dtype=torch.float64, device=engine.device) for _ in engine.sides]
+    plan = plan_packed_rows(list(zip(prompts, suffixes, strict=True)), engine.max_batch_tokens)
+    for parts in plan:
+        row = _build_row(parts, groups, prompts, suffixes, starts)
+        _add_row_sums(engine, row, sums)
+        if progress is not None:
+            progress(sum(len(part.members) for part in parts))  # a member is in one row only
+    flat = [item for group in groups for item in group]
+    policy, reference = (values.tolist() for values in sums)
+    scores = [
+        ItemScore(p, r, item.num_scored, engine.config.beta, item.truncated)
+        for p, r, item in zip(policy, reference, flat, strict=True)
+    ]
+    return [scores[starts[g] : starts[g + 1]] for g in range(len(groups))]
+
+
+def _build_row(
+    parts: Sequence[PackedPart],
+    groups: Sequence[Sequence[TokenizedItem]],
+    prompts: Sequence[int],
+    suffixes: Sequence[Sequence[int]],
+    starts: Sequence[int],
+) -> _RowBuilder:
+    row = _RowBuilder()
+    for part in parts:
+        group, prompt = groups[part.group], prompts[part.group]
+        prompt_start = row.append(group[0].input_ids[:prompt], 0, None)
+        context = (prompt_start, prompt_start + prompt) if prompt else None
+        for member in part.members:
+            item, length = group[member], suffixes[part.group][member]
+            suffix_start = row.append(item.input_ids[prompt : prompt + length], prompt, context)
+            row.read(item, starts[part.group] + member, prompt_start, prompt, suffix_start)
+    return row
+
+
+@torch.inference_mode()
+def _add_row_sums(engine: ScoringEngine, row: _RowBuilder, sums: Sequence[torch.Tensor]) -> None:
+    """Runs one packed row through each side of the pair and adds its tokens' log-probs to ``sums``."""
+    if not row.ids:  # only items with nothing to score
+        return
+
+    def tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=engine.device)
+
+    input_ids, positions = tensor(row.ids).unsqueeze(0), tensor(row.positions).unsqueeze(0)  # (1, T)
+    reads, targets, owners = tensor(row.reads), tensor(row.targets), tensor(row.owners)  # (N,)
+    for side, total in zip(engine.sides, sums, strict=True):
+        with side.context():
+            hidden = packed_forward(side.backbone, input_ids, positions, row.segments)[0]  # (T, H)
+            logps = chunked_token_logps(hidden[reads], targets, side.head, engine.chunk_size)  # (N,)
+        total.index_add_(0, owners, logps.double())
