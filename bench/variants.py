@@ -150,7 +150,9 @@ def work_counts(variant: str, groups: list[list[Any]], config: Any, device: str)
         fed = sum(_prefix_fed(group, budget, config.max_padding) for group in groups)
         return {"fed_tokens": fed, "head_rows": scored}
     if variant == "packed":
-        return {"fed_tokens": _packed_fed(groups, budget), "head_rows": scored}
+        from xlreward.service.scoring.packing import plan_packed
+
+        return {"fed_tokens": plan_packed(groups, budget).fed, "head_rows": scored}
     lengths = [len(item) if variant == "bucketed" else fed_length(item) for item in flat]
     batches = plan_batches(lengths, budget, config.max_padding)
     fed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
@@ -160,27 +162,12 @@ def work_counts(variant: str, groups: list[list[Any]], config: Any, device: str)
 def _prefix_fed(group: list[Any], budget: int, max_padding: float) -> int:
     """What ``score_shared_prefix`` runs for one group: the prefix once, then the suffixes, padded."""
     from xlreward.service.scoring.batching import plan_batches
-    from xlreward.service.scoring.prefix import shared_prefix_length
+    from xlreward.service.scoring.prefix import shared_prefix_length, suffix_length
 
     prefix = shared_prefix_length(group)
-    suffixes = [max(item.score_end - 1 - prefix, 0) for item in group]
+    suffixes = [suffix_length(item, prefix) for item in group]
     batches = plan_batches(suffixes, budget, max_padding, shared_prefix=prefix)
     return prefix + sum(len(b) * max(suffixes[i] for i in b) for b in batches)
-
-
-def _packed_fed(groups: list[list[Any]], budget: int) -> int:
-    """What ``score_packed`` runs: per row, each group part's prompt once and its members' suffixes."""
-    from xlreward.service.scoring.batching import plan_packed_rows
-    from xlreward.service.scoring.prefix import shared_prefix_length
-
-    prompts = [shared_prefix_length(group) if len(group) > 1 else 0 for group in groups]
-    suffixes = [[max(item.score_end - 1 - p, 0) for item in g] for g, p in zip(groups, prompts, strict=True)]
-    rows = plan_packed_rows(list(zip(prompts, suffixes, strict=True)), budget)
-    return sum(
-        prompts[part.group] + sum(suffixes[part.group][m] for m in part.members)
-        for row in rows
-        for part in row
-    )
 
 
 # --- the worker side -----------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def _check_call(
         if kwargs.get(keyword) is not None:
             raise UnsupportedModelError(f"{name} uses {what}, which packed attention does not apply")
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
-    longest = max((segment.span for segment in segments), default=0)
+    longest = max((segment.span for segment in segments), default=0) if window else 0
     if window and longest >= window:
         # Under the window, sliding attention is full causal attention; past it, it is not.
         raise UnsupportedModelError(

@@ -24,7 +24,7 @@ from xlreward.service.scoring.batching import PackedPart, plan_packed_rows
 from xlreward.service.scoring.engine import ItemScore, ScoringEngine
 from xlreward.service.scoring.logprobs import chunked_token_logps
 from xlreward.service.scoring.packed_attention import Segment, packed_forward
-from xlreward.service.scoring.prefix import shared_prefix_length
+from xlreward.service.scoring.prefix import shared_prefix_length, suffix_length
 from xlreward.service.scoring.templating import TokenizedItem
 
 
@@ -60,6 +60,36 @@ class _RowBuilder:
         self.owners.extend([owner] * item.num_scored)
 
 
+@dataclass(frozen=True)
+class PackedPlan:
+    """Per group its shared prompt's length (0 for a lone item) and each member's suffix length, and the
+    rows (``batching.plan_packed_rows``) they go into."""
+
+    prompts: list[int]
+    suffixes: list[list[int]]
+    rows: list[list[PackedPart]]
+
+    @property
+    def fed(self) -> int:
+        """Positions the rows feed each model: per row part, its group's prompt once and its members'."""
+        return sum(
+            self.prompts[part.group] + sum(self.suffixes[part.group][m] for m in part.members)
+            for row in self.rows
+            for part in row
+        )
+
+
+def plan_packed(groups: Sequence[Sequence[TokenizedItem]], max_row_tokens: int) -> PackedPlan:
+    """What ``score_packed`` runs; a group of two or more must share a prompt (``shared_prefix_length``)."""
+    prompts = [shared_prefix_length(group) if len(group) > 1 else 0 for group in groups]
+    suffixes = [
+        [suffix_length(item, prompt) for item in group] for group, prompt in zip(groups, prompts, strict=True)
+    ]
+    return PackedPlan(
+        prompts, suffixes, plan_packed_rows(list(zip(prompts, suffixes, strict=True)), max_row_tokens)
+    )
+
+
 def score_packed(
     engine: ScoringEngine,
     groups: Sequence[Sequence[TokenizedItem]],
@@ -71,18 +101,13 @@ def score_packed(
     A group of two or more items must share a prompt (``prefix.shared_prefix_length`` says what it
     refuses); a group of one is an item on its own. Rows hold at most ``engine.max_batch_tokens`` positions
     (real ones: a packed row has no padding)."""
-    prompts = [shared_prefix_length(group) if len(group) > 1 else 0 for group in groups]
-    suffixes = [
-        [max(item.score_end - 1 - prompt, 0) for item in group]
-        for group, prompt in zip(groups, prompts, strict=True)
-    ]
+    plan = plan_packed(groups, engine.max_batch_tokens)
     starts = [0]  # flat index of each group's first item
     for group in groups:
         starts.append(starts[-1] + len(group))
     sums = [torch.zeros(starts[-1], dtype=torch.float64, device=engine.device) for _ in engine.sides]
-    plan = plan_packed_rows(list(zip(prompts, suffixes, strict=True)), engine.max_batch_tokens)
-    for parts in plan:
-        row = _build_row(parts, groups, prompts, suffixes, starts)
+    for parts in plan.rows:
+        row = _build_row(parts, groups, plan, starts)
         _add_row_sums(engine, row, sums)
         if progress is not None:
             progress(sum(len(part.members) for part in parts))  # a member is in one row only
@@ -98,17 +123,16 @@ def score_packed(
 def _build_row(
     parts: Sequence[PackedPart],
     groups: Sequence[Sequence[TokenizedItem]],
-    prompts: Sequence[int],
-    suffixes: Sequence[Sequence[int]],
+    plan: PackedPlan,
     starts: Sequence[int],
 ) -> _RowBuilder:
     row = _RowBuilder()
     for part in parts:
-        group, prompt = groups[part.group], prompts[part.group]
+        group, prompt = groups[part.group], plan.prompts[part.group]
         prompt_start = row.append(group[0].input_ids[:prompt], 0, None)
         context = (prompt_start, prompt_start + prompt) if prompt else None
         for member in part.members:
-            item, length = group[member], suffixes[part.group][member]
+            item, length = group[member], plan.suffixes[part.group][member]
             suffix_start = row.append(item.input_ids[prompt : prompt + length], prompt, context)
             row.read(item, starts[part.group] + member, prompt_start, prompt, suffix_start)
     return row

@@ -47,6 +47,12 @@ def shared_prefix_length(items: Sequence[TokenizedItem]) -> int:
     return min(common, *(item.score_start for item in items))
 
 
+def suffix_length(item: TokenizedItem, prefix: int) -> int:
+    """Positions ``item`` feeds after a shared prompt of ``prefix`` tokens: up to the last position that
+    predicts a scored token (0 when its only scored token is read from the prompt's last position)."""
+    return max(item.score_end - 1 - prefix, 0)
+
+
 def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -> list[ItemScore]:
     """Scores responses to one prompt, computing the shared prompt prefix once per model; results equal
     ``engine.score_tokenized(items)`` and come in input order.
@@ -62,7 +68,7 @@ def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -
 
         return score_packed(engine, [items])[0]
     prefix = shared_prefix_length(items)
-    suffix_lengths = [max(item.score_end - 1 - prefix, 0) for item in items]
+    suffix_lengths = [suffix_length(item, prefix) for item in items]
     batches = plan_batches(
         suffix_lengths, engine.max_batch_tokens, engine.config.max_padding, shared_prefix=prefix
     )
@@ -111,7 +117,7 @@ def _suffix_hidden(
     so the caller's cache must stay as the prefix run left it for the next sub-batch. No attention mask
     unless the engine asks for one: causal attention keeps every real position from seeing the padding
     after it (see ``engine``'s docstring)."""
-    lengths = [max(item.score_end - 1 - prefix, 0) for item in batch]
+    lengths = [suffix_length(item, prefix) for item in batch]
     width = max(lengths)
     head = last.expand(len(batch), -1, -1)  # (B, 1, H)
     if width == 0:
