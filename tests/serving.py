@@ -14,9 +14,11 @@ from xlreward.service.process import free_port, serve_process
 XLREWARD = str(Path(sys.executable).with_name("xlreward"))
 
 
-def running_server(pair, log_dir: Path, port: int | None = None, **settings: object):  # type: ignore[no-untyped-def]
+def running_server(
+    pair, log_dir: Path, port: int | None = None, log_level: str = "warning", **settings: object
+):  # type: ignore[no-untyped-def]
     """Runs `xlreward serve` for ``pair`` with extra XLREWARD_* settings; yields its base URL once /readyz
-    answers 200, and stops it afterwards."""
+    answers 200, and stops it afterwards. Its output goes to ``log_dir / f"server-{port}.log"``."""
     env = {"XLREWARD_DEVICE": "cpu", "XLREWARD_DTYPE": "float32"}
     for name, value in settings.items():
         env[f"XLREWARD_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
@@ -28,6 +30,7 @@ def running_server(pair, log_dir: Path, port: int | None = None, **settings: obj
         env=env,
         ready_timeout=120,
         port=port,
+        log_level=log_level,
     )
 
 

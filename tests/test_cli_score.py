@@ -148,3 +148,18 @@ def test_raw_mode_and_icr_compat_flags(tmp_path, llama_pair) -> None:
         tokenizer(line["prompt"])["input_ids"]
     )
     assert counts[("--raw",)] == plain + 1  # the response's tokens and EOS
+
+
+def test_packed_flag_scores_as_the_padded_engine(tmp_path, llama_pair) -> None:
+    source = write_jsonl(tmp_path / "items.jsonl", [json.dumps(line, ensure_ascii=False) for line in LINES])
+    scored = {}
+    for flags in [(), ("--packed",)]:
+        out = tmp_path / f"scored{len(scored)}.jsonl"
+        done = run_score(llama_pair, source, out, "--max-batch-tokens", "64", *flags)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.rstrip().endswith("in packed rows") == bool(flags)
+        scored[flags] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    for padded, packed in zip(scored[()], scored[("--packed",)], strict=True):
+        assert packed["num_response_tokens"] == padded["num_response_tokens"]
+        assert packed["policy_logp"] == pytest.approx(padded["policy_logp"], abs=1e-4)
+        assert packed["reference_logp"] == pytest.approx(padded["reference_logp"], abs=1e-4)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from typing import Any
 
 import pytest
 import torch
+from torch.nn.attention.bias import causal_lower_right
 
 from test_prefix_sharing import (
     LONG_RESPONSE,
@@ -24,15 +26,18 @@ from test_prefix_sharing import (
     tokenize,
     with_config,
 )
+from xlreward.service.scoring import packed_attention as packed_attention_module
 from xlreward.service.scoring.batching import PackedPart, plan_packed_rows
-from xlreward.service.scoring.engine import ScoringEngine, model_backbone
+from xlreward.service.scoring.engine import EngineConfig, ScoringEngine, model_backbone
 from xlreward.service.scoring.errors import UnsupportedModelError
 from xlreward.service.scoring.packed_attention import (
     PACKED_ATTENTION,
     Segment,
+    VarlenIndex,
     check_packing,
     packed_attention,
     packed_forward,
+    varlen_layout,
 )
 from xlreward.service.scoring.packing import score_packed
 from xlreward.service.scoring.prefix import score_shared_prefix
@@ -258,3 +263,124 @@ def test_the_start_up_check_compares_with_the_plain_forward(engine, monkeypatch)
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, PACKED_ATTENTION, whole_row)
     with pytest.raises(UnsupportedModelError, match="differ from the plain forward"):
         check_packing(model_backbone(engine.policy), engine.policy.config.vocab_size, engine.device)
+
+
+# --- the flash varlen path (GPU, half precision), its layout checked on the CPU with a stand-in kernel ---
+
+
+class StandInVarlen:
+    """Flash varlen attention's documented semantics in plain SDPA, for the CPU: sequence i is queries
+    cu_seq_q[i]:cu_seq_q[i+1] over keys cu_seq_k[i]:cu_seq_k[i+1], causal (``window_size=(-1, 0)``) with
+    the diagonal aligned to the last key. ``aligned_to_first_key`` gets that alignment wrong instead."""
+
+    def __init__(self, *, aligned_to_first_key: bool = False) -> None:
+        self.aligned_to_first_key = aligned_to_first_key
+        self.calls = 0
+
+    def __call__(self, query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options):  # type: ignore[no-untyped-def]
+        assert query.dim() == key.dim() == value.dim() == 3  # (tokens, heads, head_dim)
+        assert cu_seq_q.dtype == cu_seq_k.dtype == torch.int32
+        assert options["window_size"] == (-1, 0)
+        self.calls += 1
+        q_bounds, k_bounds = cu_seq_q.tolist(), cu_seq_k.tolist()
+        assert q_bounds[-1] == query.shape[0] and k_bounds[-1] == key.shape[0]
+        assert max_q == max(b - a for a, b in pairwise(q_bounds))
+        assert max_k == max(b - a for a, b in pairwise(k_bounds))
+        out = torch.empty_like(query)
+        for (q0, q1), (k0, k1) in zip(pairwise(q_bounds), pairwise(k_bounds), strict=True):
+            q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query[q0:q1], key[k0:k1], value[k0:k1]))
+            mask = None if self.aligned_to_first_key else causal_lower_right(q1 - q0, k1 - k0)
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=options["scale"],
+                enable_gqa=options["enable_gqa"],
+            )
+            out[q0:q1] = attended[0].transpose(0, 1)
+        return out
+
+
+def test_varlen_layout_gathers_each_segments_context_then_its_own_keys() -> None:
+    segments = [Segment(0, 3), Segment(3, 5, context=(0, 3)), Segment(5, 6), Segment(6, 8, context=(5, 6))]
+    keys, cu_q, cu_k = varlen_layout(segments)
+    assert keys == [0, 1, 2, 0, 1, 2, 3, 4, 5, 5, 6, 7]
+    assert cu_q == [0, 3, 5, 6, 8] and cu_k == [0, 3, 8, 9, 12]
+    index = VarlenIndex.build(segments, torch.device("cpu"))
+    assert (index.max_q, index.max_k) == (3, 5)
+    with pytest.raises(ValueError, match="cover the row in order"):
+        varlen_layout([Segment(0, 3), Segment(4, 5)])
+
+
+def test_varlen_attention_equals_the_per_segment_loop(monkeypatch) -> None:
+    torch.manual_seed(1)
+    heads, kv_heads, dim, total = 4, 2, 8, 17
+    query = torch.randn(total, heads, dim).transpose(0, 1).unsqueeze(0)  # (1, heads, T, D) as projected
+    key, value = torch.randn(1, kv_heads, total, dim), torch.randn(1, kv_heads, total, dim)
+    segments = [Segment(0, 4), Segment(4, 9, (0, 4)), Segment(9, 11, (0, 4)), Segment(11, 17)]
+    loop, _ = packed_attention(object(), query, key, value, None, packed_segments=segments, scaling=0.3)
+    kernel = StandInVarlen()
+    monkeypatch.setattr(packed_attention_module, "_varlen_kernel", kernel)
+    index = VarlenIndex.build(segments, query.device)
+    fast, _ = packed_attention(
+        object(), query, key, value, None, packed_segments=segments, packed_varlen=index, scaling=0.3
+    )
+    assert kernel.calls == 1
+    torch.testing.assert_close(fast, loop)
+
+
+def test_an_engine_with_varlen_runs_one_kernel_call_per_layer_and_scores_the_same(
+    engine, monkeypatch
+) -> None:
+    kernel = StandInVarlen()
+    monkeypatch.setattr(packed_attention_module, "varlen_usable", lambda backbone: True)
+    monkeypatch.setattr(packed_attention_module, "_varlen_kernel", kernel)
+    fast = packed(engine, max_batch_tokens=150)
+    assert fast.packed_varlen == (True, True)
+    groups = mixed_groups(fast)
+    kernel.calls = 0
+    with rows_fed(fast.policy) as rows:
+        ours = score_packed(fast, groups)
+    layers = engine.policy.config.num_hidden_layers
+    assert kernel.calls == 2 * layers * len(rows)  # both sides, every layer, every row: one call each
+    flat = [item for group in groups for item in group]
+    assert_same_scores([s for scores in ours for s in scores], engine.score_tokenized(flat))
+
+
+def test_a_varlen_kernel_that_differs_falls_back_to_the_loop(engine, monkeypatch, caplog) -> None:
+    kernel = StandInVarlen(aligned_to_first_key=True)  # the probe's response would not see its own keys
+    monkeypatch.setattr(packed_attention_module, "varlen_usable", lambda backbone: True)
+    monkeypatch.setattr(packed_attention_module, "_varlen_kernel", kernel)
+    with caplog.at_level("WARNING"):
+        fallen_back = packed(engine)
+    assert fallen_back.packed_varlen == (False, False)
+    assert "flash varlen packing is off" in caplog.text
+    groups = mixed_groups(fallen_back)
+    calls = kernel.calls
+    flat = [item for group in groups for item in group]
+    ours = score_packed(fallen_back, groups)
+    assert kernel.calls == calls
+    assert_same_scores([s for scores in ours for s in scores], engine.score_tokenized(flat))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bfloat16_packed_uses_flash_varlen_and_matches_padded(tiny_pair) -> None:
+    from xlreward.service.scoring.loading import load_engine
+
+    gpu = load_engine(
+        tiny_pair.policy,
+        tiny_pair.reference,
+        device="cuda",
+        dtype="bfloat16",
+        config=EngineConfig(packed=True),
+    )
+    assert gpu.packed_varlen == (True, True)
+    padded = with_config(gpu)
+    groups = mixed_groups(gpu)
+    flat = [item for group in groups for item in group]
+    ours = [s for scores in score_packed(gpu, groups) for s in scores]
+    for a, b in zip(ours, padded.score_tokenized(flat), strict=True):
+        assert a.num_response_tokens == b.num_response_tokens
+        assert a.policy_logp == pytest.approx(b.policy_logp, rel=0.02, abs=0.2)

@@ -18,6 +18,7 @@ import torch
 from oracle import plain_logp
 from serving import XLREWARD, histogram_count_above, metric_samples, running_server
 from xlreward.client import AsyncRewardClient, RewardClient
+from xlreward.service.process import free_port
 from xlreward.service.protocol import ChatMessage, RewardItem
 from xlreward.service.scoring.loading import load_causal_lm, load_engine, load_tokenizer
 
@@ -445,3 +446,28 @@ def test_deadline_and_disconnect(llama_pair, tmp_path) -> None:  # type: ignore[
         time.sleep(0.5)
         scored = metric_samples(url, "xlreward_batch_items_sum")[""]
         assert scored < len(items)  # the rest of the abandoned request never reached the models
+
+
+def test_packed_server_scores_as_the_padded_engine(llama_pair, local_engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """XLREWARD_PACKED=true: the server says it scores in packed rows, and every result of concurrent
+    item and group requests equals the padded engine's."""
+    responses = ["4", "Four.", "2+2 equals 4, of course!", "четыре"]
+    group_body = {"groups": [{"prompt": "What is 2+2?", "responses": responses}]}
+    port = free_port()
+    with (
+        running_server(llama_pair, tmp_path, port, "info", packed=True, batch_wait_ms=50) as url,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        items_reply, group_reply = pool.map(
+            lambda body: post_reward(url, body), [{"items": dump(ITEMS)}, group_body]
+        )
+    assert "scoring in packed rows" in (tmp_path / f"server-{port}.log").read_text()
+    assert items_reply.status_code == group_reply.status_code == 200, (items_reply.text, group_reply.text)
+    expected_items = local_engine.score(ITEMS)
+    expected_group = local_engine.score([RewardItem(prompt="What is 2+2?", response=r) for r in responses])
+    ranked = sorted(group_reply.json()["groups"][0]["results"], key=lambda result: result["index"])
+    served = items_reply.json()["results"] + ranked
+    for got, want in zip(served, [*expected_items, *expected_group], strict=True):
+        assert got["num_response_tokens"] == want.num_response_tokens
+        assert got["policy_logp"] == pytest.approx(want.policy_logp, abs=1e-4)
+        assert got["reference_logp"] == pytest.approx(want.reference_logp, abs=1e-4)

@@ -21,8 +21,9 @@ def test_environment_variables_are_read(llama_pair, monkeypatch) -> None:  # typ
     monkeypatch.setenv("XLREWARD_MAX_BATCH_TOKENS", "4096")
     monkeypatch.setenv("XLREWARD_API_KEYS", '{"secret": "team-a"}')
     monkeypatch.setenv("XLREWARD_HOST", "0.0.0.0")
+    monkeypatch.setenv("XLREWARD_PACKED", "true")
     loaded = ServiceSettings()  # type: ignore[call-arg]
-    assert loaded.max_batch_tokens == 4096 and loaded.api_keys == {"secret": "team-a"}
+    assert loaded.max_batch_tokens == 4096 and loaded.api_keys == {"secret": "team-a"} and loaded.packed
     assert ServiceSettings(max_batch_tokens=99).max_batch_tokens == 99  # type: ignore[call-arg]  # flags win
 
 

@@ -49,6 +49,11 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--chunk-size", type=int, help="LM-head rows per log-softmax block (default: ~256 MB of logits)"
     )
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="packed rows with no padding, each prompt once per row (checked against the plain forward)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -74,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
                 use_chat_template=not args.raw, system_prompt=args.system_prompt, icr_compat=args.icr_compat
             ),
             config=EngineConfig(
-                beta=args.beta, chunk_size=args.chunk_size, max_batch_tokens=args.max_batch_tokens
+                beta=args.beta,
+                chunk_size=args.chunk_size,
+                max_batch_tokens=args.max_batch_tokens,
+                packed=args.packed,
             ),
         )
         report = score_file(engine, args.input, args.output, skip_invalid=args.skip_invalid)
@@ -84,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {invalid}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     print(
-        f"scored {report.scored} items into {args.output} ({len(report.skipped)} skipped) in {elapsed:.1f}s",
+        f"scored {report.scored} items into {args.output} ({len(report.skipped)} skipped) in {elapsed:.1f}s"
+        + (" in packed rows" if args.packed else ""),
         file=sys.stderr,
     )
     return 0

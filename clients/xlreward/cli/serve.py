@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-FLAGS = ("policy", "reference", "host", "port", "device", "dtype", "beta")
+FLAGS = ("policy", "reference", "host", "port", "device", "dtype", "beta", "packed")
 
 
 def register(commands: Any) -> None:
@@ -26,6 +26,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--beta", type=float, help="default reward scale (default 0.1)")
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        default=None,
+        help="score in packed rows with no padding [XLREWARD_PACKED]",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(run=run)
 
@@ -37,6 +43,18 @@ def describe_settings_error(error: Any) -> str:
         env = f" [XLREWARD_{field.upper()}]" if detail["loc"] else ""
         lines.append(f"  {field}{env}: {detail['msg'].removeprefix('Value error, ')}")
     return "invalid settings:\n" + "\n".join(lines)
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration with the server's own ``xlreward.*`` loggers on its stderr handler
+    (model loading, switches, failures), which would otherwise show warnings only."""
+    from copy import deepcopy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = deepcopy(LOGGING_CONFIG)
+    config["loggers"]["xlreward"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=logging_config(args.log_level),
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -55,6 +55,7 @@ def serve_process(
     env: Mapping[str, str],
     ready_timeout: float,
     port: int | None = None,
+    log_level: str = "warning",
 ) -> Iterator[str]:
     """Runs `xlreward serve` on 127.0.0.1 (a free port unless one is given) with ``env`` added to this
     process's environment; yields its URL once /readyz answers 200, then stops it (SIGTERM, then SIGKILL).
@@ -72,7 +73,7 @@ def serve_process(
         "--port",
         str(port),
         "--log-level",
-        "warning",
+        log_level,
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log:

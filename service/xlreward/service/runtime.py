@@ -87,7 +87,9 @@ class Runtime:
             template=TemplateOptions(
                 use_chat_template=not s.raw, system_prompt=s.system_prompt, icr_compat=s.icr_compat
             ),
-            config=EngineConfig(beta=s.beta, chunk_size=s.chunk_size, max_batch_tokens=s.max_batch_tokens),
+            config=EngineConfig(
+                beta=s.beta, chunk_size=s.chunk_size, max_batch_tokens=s.max_batch_tokens, packed=s.packed
+            ),
         )
 
     async def switch_models(self, policy: Path, reference: Path) -> None:
@@ -107,7 +109,10 @@ class Runtime:
         self.generator = generator or self._build_generator(engine)
         self._ready.set()
         log.info(
-            "models loaded: %s (policy) and %s (reference)", self.settings.policy, self.settings.reference
+            "models loaded: %s (policy) and %s (reference); scoring in %s rows",
+            self.policy_path,
+            self.reference_path,
+            "packed" if engine.config.packed else "padded",
         )
 
     def _build_generator(self, engine: Any) -> Any:

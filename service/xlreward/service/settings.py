@@ -60,6 +60,11 @@ class ServiceSettings(BaseSettings):
         description="padded tokens per forward batch; unset: the engine's device default (4096 on CPU, "
         "16384 on GPU), and 16384 for the server's coalescing",
     )
+    packed: bool = Field(
+        default=False,
+        description="score in packed rows with no padding, each group's prompt once per row; checked "
+        "against the plain forward at start-up, and refused for a model that does not pack exactly",
+    )
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits to fill up")
     max_queue_items: int = Field(default=4096, ge=1, description="queued items before 429")
     max_items_per_request: int = Field(default=256, ge=1)

@@ -229,11 +229,13 @@ class ScoringEngine:
         )
         reference_side = ScoredModel.adapter_off(policy) if reference is None else ScoredModel.of(reference)
         self.sides: tuple[ScoredModel, ScoredModel] = (ScoredModel.of(policy), reference_side)
+        varlen = []  # per side: packed rows run flash varlen attention (GPU, half precision)
         for model, side in zip((self.policy, self.reference), self.sides, strict=True):
             self._check_head_reproduces_logits(model, side)  # in LoRA mode: the policy, adapter off
             if self.config.packed:
                 with side.context():
-                    check_packing(side.backbone, head.shape[0], self.device)
+                    varlen.append(check_packing(side.backbone, head.shape[0], self.device))
+        self.packed_varlen: tuple[bool, ...] = tuple(varlen) or (False, False)
 
     def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
         """Token ids and scored span of one item; raises ``ItemError`` saying what to fix."""

@@ -19,10 +19,17 @@ model to it for one forward. No mask function is registered under that name, so 
 mask at all for a packed forward. The segments travel as the ``packed_segments`` keyword of the forward,
 which transformers passes down to the attention function; an architecture that drops it fails loudly here
 (``check_packing`` tries it when an engine is built with packing on).
+
+On a GPU in bfloat16 or float16 the per-segment loop would launch a few kernels per segment per layer;
+there the whole row runs as one flash-attention call instead (``torch.nn.attention.varlen.varlen_attn``):
+one sequence per segment, its keys gathered once per row into a ``VarlenIndex`` (context, then its own
+positions), causal with the diagonal aligned to the last key as flash attention aligns it. The start-up
+check compares that path with the plain forward too, and falls back to the loop if they differ.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +42,15 @@ from transformers import AttentionInterface
 
 from xlreward.service.scoring.errors import UnsupportedModelError
 
+try:  # flash varlen attention: CUDA only, in torch builds that have it
+    from torch.nn.attention.varlen import varlen_attn as _varlen_kernel
+except ImportError:  # pragma: no cover - older torch
+    _varlen_kernel = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
 PACKED_ATTENTION = "xlreward_packed"
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
 
 # Attention keywords that change the maths in a way per-segment SDPA does not reproduce.
 _UNSUPPORTED = {
@@ -63,6 +78,87 @@ class Segment:
         return context + len(self)
 
 
+@dataclass(frozen=True)
+class VarlenIndex:
+    """A packed row in flash varlen layout, built once per row and used by every layer: one sequence per
+    segment, queries the segment's own positions (the row itself, in order), keys its context's positions
+    and then its own, gathered from the row by ``keys``."""
+
+    keys: torch.Tensor  # (Tk,) row positions, long
+    cu_seq_q: torch.Tensor  # (N + 1,) int32, cumulative query lengths
+    cu_seq_k: torch.Tensor  # (N + 1,) int32, cumulative key lengths
+    max_q: int
+    max_k: int
+
+    @classmethod
+    def build(cls, segments: Sequence[Segment], device: torch.device) -> VarlenIndex:
+        keys, cu_q, cu_k = varlen_layout(segments)
+
+        def tensor(values: list[int], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            keys=tensor(keys, torch.long),
+            cu_seq_q=tensor(cu_q, torch.int32),
+            cu_seq_k=tensor(cu_k, torch.int32),
+            max_q=max(len(segment) for segment in segments),
+            max_k=max(segment.span for segment in segments),
+        )
+
+
+def varlen_layout(segments: Sequence[Segment]) -> tuple[list[int], list[int], list[int]]:
+    """Key positions and cumulative query and key lengths of segments that cover a row in order.
+
+    >>> varlen_layout([Segment(0, 3), Segment(3, 5, context=(0, 3)), Segment(5, 6)])
+    ([0, 1, 2, 0, 1, 2, 3, 4, 5], [0, 3, 5, 6], [0, 3, 8, 9])
+    """
+    keys: list[int] = []
+    cu_q, cu_k = [0], [0]
+    for segment in segments:
+        if segment.start != cu_q[-1] or len(segment) < 1:
+            raise ValueError(f"segments must cover the row in order with no gaps, got {list(segments)}")
+        if segment.context is not None:
+            keys.extend(range(*segment.context))
+        keys.extend(range(segment.start, segment.stop))
+        cu_q.append(segment.stop)
+        cu_k.append(len(keys))
+    return keys, cu_q, cu_k
+
+
+def varlen_usable(backbone: Any) -> bool:
+    """Whether this torch and ``backbone``'s device and dtype have flash varlen attention."""
+    weight = next(backbone.parameters())
+    return _varlen_kernel is not None and weight.device.type == "cuda" and weight.dtype in FLASH_DTYPES
+
+
+def _varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    index: VarlenIndex,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One flash varlen call for the whole row -> (1, T, heads, D)."""
+    assert _varlen_kernel is not None  # varlen_usable said so
+    q = query[0].transpose(0, 1).contiguous()  # (T, heads, D); already contiguous from the projections
+    k = key[0].transpose(0, 1).index_select(0, index.keys)  # (Tk, kv_heads, D)
+    v = value[0].transpose(0, 1).index_select(0, index.keys)
+    out = _varlen_kernel(
+        q,
+        k,
+        v,
+        index.cu_seq_q,
+        index.cu_seq_k,
+        index.max_q,
+        index.max_k,
+        scale=scaling,
+        window_size=(-1, 0),  # causal, aligned to the last key
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    assert isinstance(out, torch.Tensor)
+    return out.unsqueeze(0)
+
+
 def packed_attention(
     module: Any,
     query: torch.Tensor,
@@ -78,6 +174,9 @@ def packed_attention(
     segments: Sequence[Segment] | None = kwargs.get("packed_segments")
     _check_call(module, query, attention_mask, segments, kwargs)
     assert segments is not None  # _check_call refuses None
+    varlen: VarlenIndex | None = kwargs.get("packed_varlen")
+    if varlen is not None:
+        return _varlen_attention(query, key, value, varlen, scaling), None
     gqa = query.shape[1] != key.shape[1]
     out = torch.empty_like(query)  # (1, heads, T, D)
     for segment in segments:
@@ -143,21 +242,46 @@ def packed_attention_on(backbone: Any) -> Iterator[None]:
 
 
 def packed_forward(
-    backbone: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, segments: Sequence[Segment]
+    backbone: Any,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    segments: Sequence[Segment],
+    *,
+    varlen: bool = False,
 ) -> torch.Tensor:
-    """(1, T, H) final hidden states of a packed row: input_ids and position_ids (1, T)."""
+    """(1, T, H) final hidden states of a packed row: input_ids and position_ids (1, T). ``varlen``: one
+    flash varlen call per layer (``varlen_usable`` must hold) instead of the per-segment loop."""
+    index = VarlenIndex.build(segments, input_ids.device) if varlen else None
     with packed_attention_on(backbone):
         out = backbone(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False, packed_segments=tuple(segments)
+            input_ids=input_ids,
+            position_ids=position_ids,
+            use_cache=False,
+            packed_segments=tuple(segments),
+            packed_varlen=index,
         )
     hidden: torch.Tensor = out.last_hidden_state
     return hidden
 
 
 @torch.inference_mode()
-def check_packing(backbone: Any, vocab_size: int, device: torch.device) -> None:
+def check_packing(backbone: Any, vocab_size: int, device: torch.device) -> bool:
     """Refuse a model whose packed forward differs from its plain one: a shared prompt with a response on
-    it, and a separate sequence after them, packed in one row, against each sequence run on its own."""
+    it, and a separate sequence after them, packed in one row, against each sequence run on its own.
+
+    Returns whether packed forwards of this model run flash varlen attention: where it is usable and
+    passes the same comparison; if it does not, the per-segment loop (checked next) is used instead."""
+    if varlen_usable(backbone):
+        try:
+            _compare_packed(backbone, vocab_size, device, varlen=True)
+            return True
+        except UnsupportedModelError as error:
+            log.warning("flash varlen packing is off for this model, the per-segment loop is used: %s", error)
+    _compare_packed(backbone, vocab_size, device, varlen=False)
+    return False
+
+
+def _compare_packed(backbone: Any, vocab_size: int, device: torch.device, *, varlen: bool) -> None:
     prompt, response, other = 5, 4, 6
     ids = (torch.arange(prompt + response + other, device=device) * 7919 % vocab_size).unsqueeze(0)
     positions = torch.tensor(
@@ -169,7 +293,7 @@ def check_packing(backbone: Any, vocab_size: int, device: torch.device) -> None:
         Segment(prompt + response, prompt + response + other),
     ]
     try:
-        packed = packed_forward(backbone, ids, positions, segments)[0]
+        packed = packed_forward(backbone, ids, positions, segments, varlen=varlen)[0]
     except UnsupportedModelError:
         raise
     except Exception as error:  # any failure inside the model's forward means: not packable

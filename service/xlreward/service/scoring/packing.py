@@ -149,8 +149,8 @@ def _add_row_sums(engine: ScoringEngine, row: _RowBuilder, sums: Sequence[torch.
 
     input_ids, positions = tensor(row.ids).unsqueeze(0), tensor(row.positions).unsqueeze(0)  # (1, T)
     reads, targets, owners = tensor(row.reads), tensor(row.targets), tensor(row.owners)  # (N,)
-    for side, total in zip(engine.sides, sums, strict=True):
+    for side, varlen, total in zip(engine.sides, engine.packed_varlen, sums, strict=True):
         with side.context():
-            hidden = packed_forward(side.backbone, input_ids, positions, row.segments)[0]  # (T, H)
+            hidden = packed_forward(side.backbone, input_ids, positions, row.segments, varlen=varlen)[0]
             logps = chunked_token_logps(hidden[reads], targets, side.head, engine.chunk_size)  # (N,)
         total.index_add_(0, owners, logps.double())
