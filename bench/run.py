@@ -402,6 +402,9 @@ def run_service_rows(args: argparse.Namespace, spec: dict[str, Any], scratch: Pa
         service={k: v for k, v in service.items() if k != "rewards"},
     )
     out["ratio"] = out["service_items_per_s"] / out["offline_items_per_s"]
+    busy = service["scheduler_batches"].get("batch_seconds_sum")
+    # The server's own overhead, free of the engine's run-to-run noise that the ratio carries.
+    out["models_busy_fraction"] = busy / service["seconds"] if busy is not None else None
     diffs = [abs(a - b) for a, b in zip(service["rewards"], offline["rewards"], strict=True) if a is not None]
     out["max_abs_reward_diff_vs_offline"] = max(diffs) if diffs else None
     print(
@@ -494,18 +497,20 @@ def format_service(service: dict[str, Any]) -> str:
             f"| HTTP /reward | {service['service_items_per_s']:.2f} | {service['ratio']:.2f} | "
             f"{_fmt(s['latency_p50_s'], '.2f')} | {_fmt(s['latency_p95_s'], '.2f')} | "
             f"{_fmt(service['max_abs_reward_diff_vs_offline'], '.1e')} |",
-            _scheduler_line(s.get("scheduler_batches", {}), service["sequence_tokens"]),
+            _scheduler_line(s.get("scheduler_batches", {}), service["sequence_tokens"], s["seconds"]),
         ]
     )
 
 
-def _scheduler_line(batches: dict[str, float], sequence_tokens: int) -> str:
+def _scheduler_line(batches: dict[str, float], sequence_tokens: int, seconds: float) -> str:
     count = batches.get("batch_items_count")
     if not count:
         return ""
+    busy = batches.get("batch_seconds_sum")
     return (
         f"server scheduler: {count:.0f} batches, {batches['batch_items_sum'] / count:.1f} items each on "
         f"average, {batches['batch_padded_tokens_sum']:.0f} padded tokens for {sequence_tokens} real ones"
+        + (f"; the models busy {busy:.1f} s of the {seconds:.1f} s" if busy is not None else "")
     )
 
 

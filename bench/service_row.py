@@ -174,7 +174,12 @@ def batch_metrics(url: str) -> dict[str, float]:
     """The scheduler's batch histograms' counts and sums, from /metrics."""
     import httpx
 
-    wanted = ("xlreward_batch_items_count", "xlreward_batch_items_sum", "xlreward_batch_padded_tokens_sum")
+    wanted = (
+        "xlreward_batch_items_count",
+        "xlreward_batch_items_sum",
+        "xlreward_batch_padded_tokens_sum",
+        "xlreward_batch_seconds_sum",
+    )
     found = {}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
         name, _, value = line.partition(" ")

@@ -142,6 +142,7 @@ def test_many_concurrent_clients_are_batched_together(server, local_engine) -> N
         for c in range(40)
     ]
     before = histogram_count_above(server, "xlreward_batch_items", 4)
+    busy_before = metric_samples(server, "xlreward_batch_seconds_sum")[""]
     barrier = threading.Barrier(len(requests))
 
     def call(items: list[RewardItem]) -> list[dict]:  # type: ignore[type-arg]
@@ -150,8 +151,11 @@ def test_many_concurrent_clients_are_batched_together(server, local_engine) -> N
         assert response.status_code == 200, response.text
         return response.json()["results"]
 
+    started = time.perf_counter()
     with ThreadPoolExecutor(len(requests)) as pool:
         answers = list(pool.map(call, requests))
+    busy = metric_samples(server, "xlreward_batch_seconds_sum")[""] - busy_before
+    assert 0 < busy <= time.perf_counter() - started  # the models' time, within the requests' span
     for items, answer in zip(requests, answers, strict=True):
         expected = local_engine.score(items)
         assert [r["id"] for r in answer] == [item.id for item in items]

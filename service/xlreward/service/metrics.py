@@ -30,6 +30,9 @@ class ServiceMetrics:
         self.batch_tenants = Histogram(
             "xlreward_batch_tenants", "tenants contributing to a batch", buckets=POWERS_OF_TWO, registry=r
         )
+        self.batch_seconds = Histogram(
+            "xlreward_batch_seconds", "time the models spent on a batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.request_latency = Histogram(
             "xlreward_request_latency_seconds",
             "request latency by endpoint",
@@ -56,6 +59,7 @@ class ServiceMetrics:
         self.batch_padded_tokens.observe(stats.padded_tokens)
         self.batch_requests.observe(stats.requests)
         self.batch_tenants.observe(len(stats.tenants))
+        self.batch_seconds.observe(stats.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -121,6 +121,7 @@ class BatchStats:
     padded_tokens: int
     requests: int
     tenants: tuple[str, ...]
+    seconds: float  # the runner's time on the batch (the models' busy time)
 
 
 Runner = Callable[[Sequence[Unit]], Sequence[Any]]
@@ -319,9 +320,9 @@ class Scheduler:
                 if ticket.remaining == 0:
                     ticket.finish()
         if self._observer is not None:
-            self._observer(self._stats(batch))
+            self._observer(self._stats(batch, elapsed))
 
-    def _stats(self, batch: list[BatchEntry]) -> BatchStats:
+    def _stats(self, batch: list[BatchEntry], seconds: float) -> BatchStats:
         lengths = list(itertools.chain.from_iterable(entry.unit.lengths for entry in batch))
         tickets = {id(entry.ticket): entry.ticket.tenant for entry in batch}
         return BatchStats(
@@ -329,6 +330,7 @@ class Scheduler:
             padded_tokens=len(lengths) * max(lengths),
             requests=len(tickets),
             tenants=tuple(sorted(set(tickets.values()))),
+            seconds=seconds,
         )
 
     def _fail_all(self, error: SchedulerError) -> None:
