@@ -277,10 +277,24 @@ class StandInVarlen:
         self.aligned_to_first_key = aligned_to_first_key
         self.calls = 0
 
-    def __call__(self, query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options):  # type: ignore[no-untyped-def]
+    def __call__(  # type: ignore[no-untyped-def]
+        self,
+        query,
+        key,
+        value,
+        cu_seq_q,
+        cu_seq_k,
+        max_q,
+        max_k,
+        *,
+        scale=None,
+        window_size,
+        enable_gqa=False,
+    ):
         assert query.dim() == key.dim() == value.dim() == 3  # (tokens, heads, head_dim)
         assert cu_seq_q.dtype == cu_seq_k.dtype == torch.int32
-        assert options["window_size"] == (-1, 0)
+        assert window_size == (-1, 0)
+        assert enable_gqa or query.shape[1] == key.shape[1]
         self.calls += 1
         q_bounds, k_bounds = cu_seq_q.tolist(), cu_seq_k.tolist()
         assert q_bounds[-1] == query.shape[0] and k_bounds[-1] == key.shape[0]
@@ -291,16 +305,23 @@ class StandInVarlen:
             q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query[q0:q1], key[k0:k1], value[k0:k1]))
             mask = None if self.aligned_to_first_key else causal_lower_right(q1 - q0, k1 - k0)
             attended = torch.nn.functional.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=options["scale"],
-                enable_gqa=options["enable_gqa"],
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=enable_gqa
             )
             out[q0:q1] = attended[0].transpose(0, 1)
         return out
+
+
+class StandInVarlenBefore211(StandInVarlen):
+    """torch 2.10's signature: ``is_causal`` instead of ``window_size``, and no grouped-query attention."""
+
+    def __call__(  # type: ignore[no-untyped-def,override]
+        self, query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, scale=None
+    ):
+        assert is_causal
+        window_size = (-1, 0)
+        return super().__call__(
+            query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size
+        )
 
 
 def test_varlen_layout_gathers_each_segments_context_then_its_own_keys() -> None:
@@ -314,14 +335,17 @@ def test_varlen_layout_gathers_each_segments_context_then_its_own_keys() -> None
         varlen_layout([Segment(0, 3), Segment(4, 5)])
 
 
-def test_varlen_attention_equals_the_per_segment_loop(monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "kernel", [StandInVarlen(), StandInVarlenBefore211()], ids=["torch-2.11+", "torch-2.10"]
+)
+def test_varlen_attention_equals_the_per_segment_loop(monkeypatch, kernel: StandInVarlen) -> None:
     torch.manual_seed(1)
     heads, kv_heads, dim, total = 4, 2, 8, 17
     query = torch.randn(total, heads, dim).transpose(0, 1).unsqueeze(0)  # (1, heads, T, D) as projected
     key, value = torch.randn(1, kv_heads, total, dim), torch.randn(1, kv_heads, total, dim)
     segments = [Segment(0, 4), Segment(4, 9, (0, 4)), Segment(9, 11, (0, 4)), Segment(11, 17)]
     loop, _ = packed_attention(object(), query, key, value, None, packed_segments=segments, scaling=0.3)
-    kernel = StandInVarlen()
+    kernel.calls = 0
     monkeypatch.setattr(packed_attention_module, "_varlen_kernel", kernel)
     index = VarlenIndex.build(segments, query.device)
     fast, _ = packed_attention(

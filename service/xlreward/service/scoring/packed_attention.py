@@ -29,6 +29,8 @@ check compares that path with the plain forward too, and falls back to the loop 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -131,6 +133,11 @@ def varlen_usable(backbone: Any) -> bool:
     return _varlen_kernel is not None and weight.device.type == "cuda" and weight.dtype in FLASH_DTYPES
 
 
+@functools.cache
+def _keywords_of(function: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
+
+
 def _varlen_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -140,21 +147,20 @@ def _varlen_attention(
 ) -> torch.Tensor:
     """One flash varlen call for the whole row -> (1, T, heads, D)."""
     assert _varlen_kernel is not None  # varlen_usable said so
-    q = query[0].transpose(0, 1).contiguous()  # (T, heads, D); already contiguous from the projections
+    q = query[0].transpose(0, 1).contiguous()  # (T, heads, D); RoPE leaves it head-major
     k = key[0].transpose(0, 1).index_select(0, index.keys)  # (Tk, kv_heads, D)
     v = value[0].transpose(0, 1).index_select(0, index.keys)
-    out = _varlen_kernel(
-        q,
-        k,
-        v,
-        index.cu_seq_q,
-        index.cu_seq_k,
-        index.max_q,
-        index.max_k,
-        scale=scaling,
-        window_size=(-1, 0),  # causal, aligned to the last key
-        enable_gqa=query.shape[1] != key.shape[1],
-    )
+    options: dict[str, Any] = {"scale": scaling}
+    parameters = _keywords_of(_varlen_kernel)
+    # Causal with the diagonal aligned to the last key: window (-1, 0) since torch 2.11, is_causal before.
+    options.update({"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True})
+    if query.shape[1] != key.shape[1]:  # grouped-query attention
+        if "enable_gqa" in parameters:
+            options["enable_gqa"] = True
+        else:
+            groups = query.shape[1] // key.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = _varlen_kernel(q, k, v, index.cu_seq_q, index.cu_seq_k, index.max_q, index.max_k, **options)
     assert isinstance(out, torch.Tensor)
     return out.unsqueeze(0)
 
