@@ -3,7 +3,7 @@
 #   run(command="bash bench/gpu/run.sh", carry=[".gpu-wheels"], timeout_s=600)
 # after bench/gpu/fetch_wheels.sh here. It runs the CUDA tests (engine in bf16 against CPU fp32, packed
 # rows through flash varlen attention), then the llama3-8b bench (random weights of real shapes, bf16),
-# each under its own time limit (TESTS_S, BENCH_S; GROUPS and ROWS size the bench), and leaves logs and
+# each under its own time limit (TESTS_S, BENCH_S; BENCH_GROUPS and ROWS size the bench), and leaves logs and
 # the bench's JSON in $OUT. Nothing here has run on a GPU yet: expect the first call to find what the
 # image's torch and transformers versions (2.11 and 5.17 when last read) need changed.
 set -uo pipefail
@@ -23,5 +23,5 @@ timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -o addopts=""
     tests/test_engine_exact.py tests/test_packing.py -k "cuda or varlen" 2>&1 | tee "$OUT/cuda-tests.log" | tail -15
 
 timeout "${BENCH_S:-360}" python3 bench/run.py --device cuda --dtype bfloat16 --config llama3-8b \
-    --groups "${GROUPS:-16}" --rows ${ROWS:-baseline engine prefix packed} --name gpu-llama3-8b 2>&1 | tee "$OUT/bench.log" | tail -30
+    --groups "${BENCH_GROUPS:-16}" --rows ${ROWS:-baseline engine prefix packed} --name gpu-llama3-8b 2>&1 | tee "$OUT/bench.log" | tail -30
 cp bench/results/gpu-llama3-8b.json "$OUT/" 2>/dev/null || echo "no bench JSON (see bench.log)"
