@@ -408,3 +408,4 @@ def test_cuda_bfloat16_packed_uses_flash_varlen_and_matches_padded(tiny_pair) ->
     for a, b in zip(ours, padded.score_tokenized(flat), strict=True):
         assert a.num_response_tokens == b.num_response_tokens
         assert a.policy_logp == pytest.approx(b.policy_logp, rel=0.02, abs=0.2)
+        assert a.reference_logp == pytest.approx(b.reference_logp, rel=0.02, abs=0.2)

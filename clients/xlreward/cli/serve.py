@@ -28,9 +28,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--beta", type=float, help="default reward scale (default 0.1)")
     parser.add_argument(
         "--packed",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="score in packed rows with no padding [XLREWARD_PACKED]",
+        help="score in packed rows with no padding (default off) [XLREWARD_PACKED]",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(run=run)

@@ -312,6 +312,8 @@ class Scheduler:
         elapsed = max(time.monotonic() - started, 1e-6)
         items = sum(entry.unit.size for entry in batch)
         self._items_per_second = 0.8 * self._items_per_second + 0.2 * items / elapsed
+        if self._observer is not None:  # before the answers go out, so /metrics already counts this batch
+            self._observer(self._stats(batch, elapsed))
         with self._lock:
             for entry, result in zip(batch, results, strict=True):
                 ticket = entry.ticket
@@ -319,8 +321,6 @@ class Scheduler:
                 ticket.remaining -= 1
                 if ticket.remaining == 0:
                     ticket.finish()
-        if self._observer is not None:
-            self._observer(self._stats(batch, elapsed))
 
     def _stats(self, batch: list[BatchEntry], seconds: float) -> BatchStats:
         lengths = list(itertools.chain.from_iterable(entry.unit.lengths for entry in batch))

@@ -150,8 +150,12 @@ def _varlen_attention(
     q = query[0].transpose(0, 1).contiguous()  # (T, heads, D); RoPE leaves it head-major
     k = key[0].transpose(0, 1).index_select(0, index.keys)  # (Tk, kv_heads, D)
     v = value[0].transpose(0, 1).index_select(0, index.keys)
-    options: dict[str, Any] = {"scale": scaling}
     parameters = _keywords_of(_varlen_kernel)
+    options: dict[str, Any] = {}
+    if scaling is not None:
+        if "scale" not in parameters:
+            raise UnsupportedModelError("this torch's varlen_attn takes no attention scale")
+        options["scale"] = scaling
     # Causal with the diagonal aligned to the last key: window (-1, 0) since torch 2.11, is_causal before.
     options.update({"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True})
     if query.shape[1] != key.shape[1]:  # grouped-query attention
