@@ -7,9 +7,11 @@ exactly once per group, and everything else fed is a suffix on top of the prompt
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ import torch
 
 from xlreward.service.protocol import ChatMessage, RewardItem
 from xlreward.service.scoring.engine import EngineConfig, ItemScore, ScoringEngine, model_backbone
-from xlreward.service.scoring.prefix import score_shared_prefix
+from xlreward.service.scoring.prefix import cache_keyword, returned_cache, score_shared_prefix
 from xlreward.service.scoring.templating import TemplateOptions, TokenizedItem
 
 PROMPT = "Greet the reader, then explain how to add two numbers."
@@ -89,7 +91,7 @@ def recording(model: Any) -> Iterator[tuple[list[Call], list[int]]]:
     def on_backbone(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs["input_ids"]
         positions = kwargs.get("position_ids")
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         cached = cache.get_seq_length() if cache is not None else 0
         first = int(positions.min()) if positions is not None else cached
         calls.append(
@@ -224,3 +226,19 @@ def test_prefix_sharing_is_faster_in_tokens_fed_than_full_scoring(engine) -> Non
         engine.score_tokenized(items)
     assert sum(shared) < sum(full)
     assert torch.is_inference_mode_enabled() is False  # nothing leaks out of inference mode
+
+
+def test_the_cache_keyword_follows_the_installed_transformers(engine) -> None:
+    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache``: the newer name where the
+    forward takes it, the older one elsewhere, and the output's cache under either name."""
+    backbone = model_backbone(engine.policy)
+    assert cache_keyword(backbone) in inspect.signature(backbone.forward).parameters
+
+    class OlderBackbone:
+        def forward(self, input_ids: Any, past_key_values: Any, use_cache: bool) -> None:
+            pass
+
+    assert cache_keyword(OlderBackbone()) == "past_key_values"
+    sentinel = object()
+    assert returned_cache(SimpleNamespace(cache=sentinel)) is sentinel
+    assert returned_cache(SimpleNamespace(past_key_values=sentinel)) is sentinel

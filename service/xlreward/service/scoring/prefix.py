@@ -18,6 +18,7 @@ item whose only scored token is token P has an empty suffix and is read from the
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,12 +96,24 @@ def _model_sums(
         last = out.last_hidden_state[:, -1:]  # (1, 1, H): position P - 1
         for indices in batches:
             batch = [items[i] for i in indices]
-            hidden = _suffix_hidden(side.backbone, out.past_key_values, last, batch, prefix, engine)
+            hidden = _suffix_hidden(side.backbone, returned_cache(out), last, batch, prefix, engine)
             rows, offsets, targets = _scored_positions(batch, prefix, engine.device)
             logps = chunked_token_logps(hidden[rows, offsets], targets, side.head, engine.chunk_size)
             index = torch.tensor(indices, dtype=torch.long, device=engine.device)
             sums.index_add_(0, index, segment_sum(logps.double(), rows, len(batch)))
     return [float(total) for total in sums.tolist()]
+
+
+def cache_keyword(backbone: Any) -> str:
+    """The forward's KV-cache keyword: transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old
+    name goes in 5.40); the project supports transformers 5.0 and later, so both are in use."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """A forward output's KV cache, under either name (``cache_keyword``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _suffix_hidden(
@@ -136,8 +149,8 @@ def _suffix_hidden(
         input_ids=input_ids.to(engine.device),
         attention_mask=attention_mask.to(engine.device) if engine.config.padding_mask else None,
         position_ids=position_ids.to(engine.device),
-        past_key_values=cache,
         use_cache=True,
+        **{cache_keyword(backbone): cache},
     )
     return torch.cat([head, out.last_hidden_state], dim=1)
 
