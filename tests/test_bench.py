@@ -1,0 +1,95 @@
+"""`bench/run.py` end to end on the 4M `bench-tiny` pair: what `make bench` writes and prints, not how fast.
+
+Speed is never asserted (the bench measures it); what is asserted is what the table means: every row
+scores the baseline's rewards, the engine rows do the work their design says (fewer positions, the LM
+head only at scored tokens), the memory row's variants order as their arithmetic does, and the refusals
+say what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(ROOT / "bench" / "run.py")]
+
+
+def bench(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    command = [*RUN, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
+
+
+@pytest.fixture(scope="module")
+def quick_run():  # type: ignore[no-untyped-def]
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    done = bench(
+        *("--quick", "--config", "bench-tiny", "--name", name),
+        *("--rows", "baseline", "engine", "prefix", "packed", "memory"),
+    )
+    path = ROOT / "bench" / "results" / f"{name}.json"
+    try:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield done.stdout, json.loads(path.read_text()), path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_every_row_scores_the_baselines_rewards_and_its_ratio_is_to_the_baseline(quick_run) -> None:  # type: ignore[no-untyped-def]
+    printed, results, _ = quick_run
+    rows = {row["row"]: row for row in results["rows"]}
+    assert list(rows) == ["baseline", "engine", "prefix", "packed"]
+    base = rows["baseline"]
+    for row in rows.values():
+        assert row["dtype"] == "float32" and row["tokens_per_s"] > 0 and row["peak_mb"] > 0
+        assert row["speedup"] == pytest.approx(row["tokens_per_s"] / base["tokens_per_s"])
+        assert row["max_abs_reward_diff"] <= 1e-3 and row["within_tolerance"]
+        assert row["same_pairs"] == results["workload"]["groups"]
+        assert f"| {row['row']} | fp32 |" in printed
+    assert results["targets"]["all_fp32_rows_within_tolerance"] is True
+    assert "wrote bench/results/" in printed
+
+
+def test_the_engine_rows_do_the_work_their_design_says(quick_run) -> None:  # type: ignore[no-untyped-def]
+    _, results, _ = quick_run
+    rows = {row["row"]: row for row in results["rows"]}
+    scored, sequences = results["workload"]["scored_tokens"], results["workload"]["sequence_tokens"]
+    assert rows["baseline"]["head_rows"] == rows["baseline"]["fed_tokens"] >= sequences  # head everywhere
+    for name in ("engine", "prefix", "packed"):
+        assert rows[name]["head_rows"] == scored  # the LM head only at scored tokens
+    # the shared prompt once per group, then no padding at all
+    assert rows["packed"]["fed_tokens"] <= rows["prefix"]["fed_tokens"] < rows["engine"]["fed_tokens"]
+    assert rows["packed"]["fed_tokens"] < sequences
+    assert rows["prefix"]["work_ratio"] > rows["engine"]["work_ratio"] > 1
+
+
+def test_the_memory_row_orders_as_its_arithmetic(quick_run) -> None:  # type: ignore[no-untyped-def]
+    _, results, _ = quick_run
+    variants = {v["variant"]: v for v in results["logp_memory"]["variants"]}
+    assert set(variants) == {"full", "logsumexp-1024", "inplace-1024", "inplace-auto"}
+    assert variants["full"]["expected_extra_mb"] > variants["inplace-auto"]["expected_extra_mb"]
+    assert variants["full"]["extra_mb"] > variants["inplace-auto"]["extra_mb"]
+    assert variants["full"]["extra_mb"] >= 0.5 * variants["full"]["expected_extra_mb"]
+    assert results["logp_memory"]["max_abs_logp_sum_diff"] < 1e-2  # every variant, the same log-probs
+
+
+def test_report_prints_a_saved_run_again(quick_run) -> None:  # type: ignore[no-untyped-def]
+    printed, _, path = quick_run
+    again = bench("--report", str(path), timeout=120)
+    assert again.returncode == 0, again.stderr
+    table = [line for line in printed.splitlines() if line.startswith("| baseline |")]
+    assert table and table[0] in again.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_runs_are_refused_here_with_what_to_do_instead() -> None:
+    no_device = bench("--device", "cuda", "--quick", timeout=120)
+    assert no_device.returncode != 0 and "torch sees no CUDA device" in no_device.stderr
+    too_big = bench("--config", "llama3-8b", "--quick", timeout=120)
+    assert too_big.returncode != 0 and "needs --device cuda" in too_big.stderr
