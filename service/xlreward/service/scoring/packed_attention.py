@@ -29,8 +29,6 @@ check compares that path with the plain forward too, and falls back to the loop 
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +41,7 @@ from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
 from xlreward.service.scoring.errors import UnsupportedModelError
+from xlreward.service.scoring.signatures import keywords_of
 
 try:  # flash varlen attention: CUDA only, in torch builds that have it
     from torch.nn.attention.varlen import varlen_attn as _varlen_kernel
@@ -133,11 +132,6 @@ def varlen_usable(backbone: Any) -> bool:
     return _varlen_kernel is not None and weight.device.type == "cuda" and weight.dtype in FLASH_DTYPES
 
 
-@functools.cache
-def _keywords_of(function: Any) -> frozenset[str]:
-    return frozenset(inspect.signature(function).parameters)
-
-
 def _varlen_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -150,7 +144,7 @@ def _varlen_attention(
     q = query[0].transpose(0, 1).contiguous()  # (T, heads, D); RoPE leaves it head-major
     k = key[0].transpose(0, 1).index_select(0, index.keys)  # (Tk, kv_heads, D)
     v = value[0].transpose(0, 1).index_select(0, index.keys)
-    parameters = _keywords_of(_varlen_kernel)
+    parameters = keywords_of(_varlen_kernel)
     options: dict[str, Any] = {}
     if scaling is not None:
         if "scale" not in parameters:

@@ -18,7 +18,6 @@ item whose only scored token is token P has an empty suffix and is read from the
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from xlreward.service.scoring.batching import plan_batches
 from xlreward.service.scoring.engine import ItemScore, ScoredModel, ScoringEngine
 from xlreward.service.scoring.logprobs import chunked_token_logps, segment_sum
+from xlreward.service.scoring.signatures import keywords_of
 from xlreward.service.scoring.templating import TokenizedItem
 
 
@@ -107,7 +107,7 @@ def _model_sums(
 def cache_keyword(backbone: Any) -> str:
     """The forward's KV-cache keyword: transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old
     name goes in 5.40); the project supports transformers 5.0 and later, so both are in use."""
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    return "cache" if "cache" in keywords_of(type(backbone).forward) else "past_key_values"
 
 
 def returned_cache(out: Any) -> Any:
