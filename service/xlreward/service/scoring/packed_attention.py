@@ -251,18 +251,18 @@ def packed_forward(
     position_ids: torch.Tensor,
     segments: Sequence[Segment],
     *,
-    varlen: bool = False,
+    varlen: VarlenIndex | None = None,
 ) -> torch.Tensor:
-    """(1, T, H) final hidden states of a packed row: input_ids and position_ids (1, T). ``varlen``: one
-    flash varlen call per layer (``varlen_usable`` must hold) instead of the per-segment loop."""
-    index = VarlenIndex.build(segments, input_ids.device) if varlen else None
+    """(1, T, H) final hidden states of a packed row: input_ids and position_ids (1, T). ``varlen``: the
+    row's ``VarlenIndex``, for one flash varlen call per layer (``varlen_usable`` must hold) instead of the
+    per-segment loop."""
     with packed_attention_on(backbone):
         out = backbone(
             input_ids=input_ids,
             position_ids=position_ids,
             use_cache=False,
             packed_segments=tuple(segments),
-            packed_varlen=index,
+            packed_varlen=varlen,
         )
     hidden: torch.Tensor = out.last_hidden_state
     return hidden
@@ -297,7 +297,8 @@ def _compare_packed(backbone: Any, vocab_size: int, device: torch.device, *, var
         Segment(prompt + response, prompt + response + other),
     ]
     try:
-        packed = packed_forward(backbone, ids, positions, segments, varlen=varlen)[0]
+        index = VarlenIndex.build(segments, device) if varlen else None
+        packed = packed_forward(backbone, ids, positions, segments, varlen=index)[0]
     except UnsupportedModelError:
         raise
     except Exception as error:  # any failure inside the model's forward means: not packable

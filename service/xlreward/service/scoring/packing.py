@@ -23,7 +23,7 @@ import torch
 from xlreward.service.scoring.batching import PackedPart, plan_packed_rows
 from xlreward.service.scoring.engine import ItemScore, ScoringEngine
 from xlreward.service.scoring.logprobs import chunked_token_logps
-from xlreward.service.scoring.packed_attention import Segment, packed_forward
+from xlreward.service.scoring.packed_attention import Segment, VarlenIndex, packed_forward
 from xlreward.service.scoring.prefix import shared_prefix_length, suffix_length
 from xlreward.service.scoring.templating import TokenizedItem
 
@@ -149,8 +149,10 @@ def _add_row_sums(engine: ScoringEngine, row: _RowBuilder, sums: Sequence[torch.
 
     input_ids, positions = tensor(row.ids).unsqueeze(0), tensor(row.positions).unsqueeze(0)  # (1, T)
     reads, targets, owners = tensor(row.reads), tensor(row.targets), tensor(row.owners)  # (N,)
+    index = VarlenIndex.build(row.segments, engine.device) if any(engine.packed_varlen) else None
     for side, varlen, total in zip(engine.sides, engine.packed_varlen, sums, strict=True):
         with side.context():
-            hidden = packed_forward(side.backbone, input_ids, positions, row.segments, varlen=varlen)[0]
+            row_index = index if varlen else None  # one side may have fallen back to the loop
+            hidden = packed_forward(side.backbone, input_ids, positions, row.segments, varlen=row_index)[0]
             logps = chunked_token_logps(hidden[reads], targets, side.head, engine.chunk_size)  # (N,)
         total.index_add_(0, owners, logps.double())
