@@ -157,7 +157,8 @@ def test_packed_flag_scores_as_the_padded_engine(tmp_path, llama_pair) -> None:
         out = tmp_path / f"scored{len(scored)}.jsonl"
         done = run_score(llama_pair, source, out, "--max-batch-tokens", "64", *flags)
         assert done.returncode == 0, done.stderr
-        assert ("in packed rows (per-sequence attention)" in done.stderr) == bool(flags)
+        rows = "packed rows (per-sequence attention)" if flags else "padded rows"
+        assert f"on cpu, float32, {rows}" in done.stderr
         scored[flags] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     for padded, packed in zip(scored[()], scored[("--packed",)], strict=True):
         assert packed["num_response_tokens"] == padded["num_response_tokens"]

@@ -58,6 +58,8 @@ def test_an_adapter_folder_loads_one_base_model(adapter_and_merged, lora_engine,
     adapter, merged = adapter_and_merged
     assert is_adapter_folder(adapter) and not is_adapter_folder(merged)
     assert lora_engine.lora_mode and not merged_engine.lora_mode
+    assert lora_engine.describe() == "cpu, float32, padded rows, LoRA mode (reference = adapter off)"
+    assert merged_engine.describe() == "cpu, float32, padded rows"
     assert lora_engine.reference is lora_engine.policy  # one model object, two ways to run it
     # Weights held: one base plus a small adapter, against two full models.
     held = sum(p.numel() for p in lora_engine.policy.parameters())

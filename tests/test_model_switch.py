@@ -24,7 +24,9 @@ def test_hot_switch_serves_new_scores_and_in_flight_requests_complete(llama_pair
     with running_server(llama_pair, tmp_path, admin_key="admin-secret", batch_wait_ms=5) as url:
         before = reward(url)
         assert httpx.get(f"{url}/admin/models").status_code == 401
-        assert httpx.get(f"{url}/admin/models", headers=ADMIN).json()["policy"] == str(llama_pair.policy)
+        served = httpx.get(f"{url}/admin/models", headers=ADMIN).json()
+        assert served["policy"] == str(llama_pair.policy)
+        assert served["scoring"] == "cpu, float32, padded rows"
 
         stop = threading.Event()
         statuses: list[int] = []

@@ -363,6 +363,7 @@ def test_an_engine_with_varlen_runs_one_kernel_call_per_layer_and_scores_the_sam
     monkeypatch.setattr(packed_attention_module, "_varlen_kernel", kernel)
     fast = packed(engine, max_batch_tokens=150)
     assert fast.packed_varlen == (True, True)
+    assert fast.describe() == "cpu, float32, packed rows (flash varlen attention)"
     groups = mixed_groups(fast)
     kernel.calls = 0
     with rows_fed(fast.policy) as rows:
@@ -380,6 +381,7 @@ def test_a_varlen_kernel_that_differs_falls_back_to_the_loop(engine, monkeypatch
     with caplog.at_level("WARNING"):
         fallen_back = packed(engine)
     assert fallen_back.packed_varlen == (False, False)
+    assert fallen_back.describe() == "cpu, float32, packed rows (per-sequence attention)"
     assert "flash varlen packing is off" in caplog.text
     groups = mixed_groups(fallen_back)
     calls = kernel.calls
@@ -401,6 +403,7 @@ def test_cuda_bfloat16_packed_uses_flash_varlen_and_matches_padded(tiny_pair) ->
         config=EngineConfig(packed=True),
     )
     assert gpu.packed_varlen == (True, True)
+    assert gpu.describe() == "cuda, bfloat16, packed rows (flash varlen attention)"
     padded = with_config(gpu)
     groups = mixed_groups(gpu)
     flat = [item for group in groups for item in group]

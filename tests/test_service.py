@@ -465,7 +465,10 @@ def test_packed_server_scores_as_the_padded_engine(llama_pair, local_engine, tmp
         items_reply, group_reply = pool.map(
             lambda body: post_reward(url, body), [{"items": dump(ITEMS)}, group_body]
         )
-    assert "scoring in packed rows" in (tmp_path / f"server-{port}.log").read_text()
+    assert (
+        "scoring on cpu, float32, packed rows (per-sequence attention)"
+        in (tmp_path / f"server-{port}.log").read_text()
+    )
     assert items_reply.status_code == group_reply.status_code == 200, (items_reply.text, group_reply.text)
     expected_items = local_engine.score(ITEMS)
     expected_group = local_engine.score([RewardItem(prompt="What is 2+2?", response=r) for r in responses])

@@ -57,11 +57,6 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def packed_note(engine: Any) -> str:
-    kernel = "flash varlen attention" if any(engine.packed_varlen) else "per-sequence attention"
-    return f" in packed rows ({kernel})"
-
-
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
@@ -98,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"scored {report.scored} items into {args.output} ({len(report.skipped)} skipped) in {elapsed:.1f}s"
-        + (packed_note(engine) if engine.config.packed else ""),
+        f" on {engine.describe()}",
         file=sys.stderr,
     )
     return 0

@@ -109,10 +109,10 @@ class Runtime:
         self.generator = generator or self._build_generator(engine)
         self._ready.set()
         log.info(
-            "models loaded: %s (policy) and %s (reference); scoring in %s rows",
+            "models loaded: %s (policy) and %s (reference); scoring on %s",
             self.policy_path,
             self.reference_path,
-            "packed" if engine.config.packed else "padded",
+            engine.describe(),
         )
 
     def _build_generator(self, engine: Any) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from xlreward.service.dependencies import RuntimeDep
 from xlreward.service.errors import ERROR_RESPONSES, ServiceError
@@ -27,6 +27,9 @@ class ModelPair(BaseModel):
 
 class ServedModels(ModelPair):
     model: str
+    scoring: str | None = Field(
+        description="how the pair is scored, e.g. 'cpu, float32, padded rows'; null while it loads"
+    )
 
 
 def require_admin(request: Request, runtime: RuntimeDep) -> None:
@@ -50,7 +53,10 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 def served(runtime: Runtime) -> ServedModels:
     return ServedModels(
-        policy=str(runtime.policy_path), reference=str(runtime.reference_path), model=runtime.model_name
+        policy=str(runtime.policy_path),
+        reference=str(runtime.reference_path),
+        model=runtime.model_name,
+        scoring=runtime.engine.describe() if runtime.engine is not None else None,
     )
 
 

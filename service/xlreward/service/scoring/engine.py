@@ -215,6 +215,7 @@ class ScoringEngine:
         self.device = next(policy.parameters()).device
         check_same_vocabulary(self.policy, self.reference)
         head = policy.get_output_embeddings().weight
+        self.dtype: torch.dtype = head.dtype
         config = config or EngineConfig()
         self.chunk_size: int = config.chunk_size or default_chunk_size(head.shape[0], head.dtype)
         self.max_batch_tokens: int = config.max_batch_tokens or default_max_batch_tokens(self.device.type)
@@ -236,6 +237,22 @@ class ScoringEngine:
                 with side.context():
                     varlen.append(check_packing(side.backbone, head.shape[0], self.device))
         self.packed_varlen: tuple[bool, ...] = tuple(varlen) or (False, False)
+
+    def describe(self) -> str:
+        """How this engine scores, in one line: the server's start-up log, ``/admin/models`` and the score
+        CLI all say it in these words, e.g. "cuda, bfloat16, packed rows (flash varlen attention), LoRA
+        mode (reference = adapter off)"."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        if not self.config.packed:
+            rows = "padded rows"
+        elif any(self.packed_varlen):
+            rows = "packed rows (flash varlen attention)"
+        else:
+            rows = "packed rows (per-sequence attention)"
+        parts = [self.device.type, dtype, rows]
+        if self.lora_mode:
+            parts.append("LoRA mode (reference = adapter off)")
+        return ", ".join(parts)
 
     def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
         """Token ids and scored span of one item; raises ``ItemError`` saying what to fix."""
