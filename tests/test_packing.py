@@ -374,6 +374,19 @@ def test_an_engine_with_varlen_runs_one_kernel_call_per_layer_and_scores_the_sam
     assert_same_scores([s for scores in ours for s in scores], engine.score_tokenized(flat))
 
 
+def test_a_side_that_falls_back_is_named_in_the_description(engine, monkeypatch) -> None:
+    monkeypatch.setattr(
+        packed_attention_module, "varlen_usable", lambda backbone: backbone is model_backbone(engine.policy)
+    )
+    monkeypatch.setattr(packed_attention_module, "_varlen_kernel", StandInVarlen())
+    mixed = packed(engine)
+    assert mixed.packed_varlen == (True, False)
+    assert mixed.describe() == (
+        "cpu, float32, packed rows (flash varlen attention for the policy, per-sequence attention for the "
+        "reference)"
+    )
+
+
 def test_a_varlen_kernel_that_differs_falls_back_to_the_loop(engine, monkeypatch, caplog) -> None:
     kernel = StandInVarlen(aligned_to_first_key=True)  # the probe's response would not see its own keys
     monkeypatch.setattr(packed_attention_module, "varlen_usable", lambda backbone: True)

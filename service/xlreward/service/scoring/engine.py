@@ -243,12 +243,19 @@ class ScoringEngine:
         CLI all say it in these words, e.g. "cuda, bfloat16, packed rows (flash varlen attention), LoRA
         mode (reference = adapter off)"."""
         dtype = str(self.dtype).removeprefix("torch.")
-        if not self.config.packed:
-            rows = "padded rows"
-        elif any(self.packed_varlen):
-            rows = "packed rows (flash varlen attention)"
+        if self.config.packed:
+            kernels = [
+                "flash varlen attention" if varlen else "per-sequence attention"
+                for varlen in self.packed_varlen
+            ]
+            policy, reference = kernels
+            # One side may have fallen back to the loop at start-up (check_packing).
+            attention = (
+                policy if policy == reference else f"{policy} for the policy, {reference} for the reference"
+            )
+            rows = f"packed rows ({attention})"
         else:
-            rows = "packed rows (per-sequence attention)"
+            rows = "padded rows"
         parts = [self.device.type, dtype, rows]
         if self.lora_mode:
             parts.append("LoRA mode (reference = adapter off)")
