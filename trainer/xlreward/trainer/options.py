@@ -1,4 +1,9 @@
-"""What a training run is asked to do: every ``xlreward train`` flag as one typed, validated value.
+"""What a training run is asked to do: every ``xlreward train`` option as one typed, validated value.
+
+This is the one declaration of the options: each field of ``TrainOptions`` carries its type, its default,
+its help text and its check (``field(metadata=...)``). ``xlreward train``'s flags
+(``xlreward.cli.train``) and the ``[train]`` section of ``xlreward iterate``'s TOML
+(``xlreward.trainer.loop.TrainSection``) are generated from it, so they cannot drift apart.
 
 Torch-free, so the CLI can build and check it before anything heavy is imported. Defaults follow METHOD.md
 step 7 where it says something (beta 0.1, NLL weight 1.0, lr ~1e-7 for full fine-tuning, effective batch 32
@@ -7,12 +12,15 @@ step 7 where it says something (beta 0.1, NLL weight 1.0, lr ~1e-7 for full fine
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_type_hints
 
-DeviceChoice = Literal["auto", "cpu", "cuda"]
+from xlreward.service.choices import DeviceName
+
+DeviceChoice = DeviceName  # one declaration of the device choices: xlreward.service.choices
+Check = Callable[[Any], "str | None"]  # an option's value -> what is wrong with it, or None
 
 FULL_FINETUNE_LR = 1e-7  # METHOD.md step 7: "lr ~1e-7" (full fine-tuning of an 8B model)
 LORA_LR = 1e-5  # adapters start at zero and need a much larger step
@@ -26,39 +34,112 @@ class TrainOptionsError(TrainSetupError):
     """An option value that cannot work; the message names the flag and how to fix it."""
 
 
+def _above(limit: float, note: str = "") -> Check:
+    return lambda value: None if value > limit else f"must be above {limit:g}{note}"
+
+
+def _at_least(limit: float, problem: str = "") -> Check:
+    return lambda value: None if value >= limit else problem or f"must be at least {limit:g}"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _lr_text(lr: float) -> str:
+    return f"{lr:g}".replace("e-0", "e-")  # 1e-07 -> 1e-7
+
+
+def _option(
+    help: str,
+    *,
+    check: Check | None = None,
+    per_iteration: bool = True,
+    default_help: str | None = None,
+    metavar: str | None = None,
+) -> dict[str, Any]:
+    """An option's metadata. ``per_iteration=False``: ``xlreward iterate`` sets it itself, so its
+    ``[train]`` section has no such key. ``default_help``: the default as the help shows it."""
+    return {
+        "help": help,
+        "check": check,
+        "per_iteration": per_iteration,
+        "default_help": default_help,
+        "metavar": metavar,
+    }
+
+
+_COUNT = _at_least(1)
+_LR_DEFAULTS = f"{_lr_text(FULL_FINETUNE_LR)} full fine-tuning, {_lr_text(LORA_LR)} with --lora"
+_REFERENCE_HELP = (
+    "folder of the reference model (with --lora, the same folder as --policy means the policy with its "
+    "adapter disabled: no second model is loaded)"
+)
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """One training run. ``lr=None`` means the default for the kind of run (full or LoRA)."""
 
-    pairs: Sequence[Path]  # stored as a tuple
-    policy: Path
-    reference: Path
-    out: Path
-    beta: float = 0.1
-    nll_weight: float = 1.0
-    lr: float | None = None  # the learning rate; None: FULL_FINETUNE_LR or LORA_LR
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 8
-    max_length: int = 4096
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    seed: int = 42
-    skip_invalid: bool = False
-    device: DeviceChoice = "auto"
-    warmup_ratio: float = 0.1
-    logging_steps: int = 10
-    save_steps: int = 200
-    save_total_limit: int | None = 2
-    gradient_checkpointing: bool = False
+    # Stored as a tuple.
+    pairs: Sequence[Path] = field(metadata=_option("JSONL pair files", per_iteration=False, metavar="FILE"))
+    policy: Path = field(metadata=_option("folder of the checkpoint to train", per_iteration=False))
+    reference: Path = field(metadata=_option(_REFERENCE_HELP, per_iteration=False))
+    out: Path = field(metadata=_option("output folder (resumable)", per_iteration=False))
+    beta: float = field(default=0.1, metadata=_option("DPO beta", check=_above(0, " (the method uses 0.1)")))
+    nll_weight: float = field(
+        default=1.0,
+        metadata=_option(
+            "weight of the chosen NLL",
+            check=_at_least(0, "must be 0 (pure DPO) or more (the method: 1.0)"),
+        ),
+    )
+    lr: float | None = field(  # None: FULL_FINETUNE_LR or LORA_LR (resolved_learning_rate)
+        default=None, metadata=_option("learning rate", check=_above(0), default_help=_LR_DEFAULTS)
+    )
+    # epochs > 0 unless max_steps is given: checked in option_problems.
+    epochs: float = field(default=1.0, metadata=_option("passes over the pairs"))
+    max_steps: int | None = field(
+        default=None,
+        metadata=_option(
+            "optimizer steps; overrides --epochs", check=_COUNT, default_help="unset: --epochs decides"
+        ),
+    )
+    batch_size: int = field(default=4, metadata=_option("pairs per device per step", check=_COUNT))
+    grad_accum: int = field(default=8, metadata=_option("gradient accumulation steps", check=_COUNT))
+    max_length: int = field(
+        default=4096,
+        metadata=_option("tokens of prompt + response; longer pairs are refused", check=_COUNT),
+    )
+    lora: bool = field(default=False, metadata=_option("train LoRA adapters (merged into OUT/model)"))
+    lora_r: int = field(default=16, metadata=_option("LoRA rank", check=_COUNT))
+    lora_alpha: int = field(default=32, metadata=_option("LoRA alpha", check=_COUNT))
+    seed: int = field(default=42, metadata=_option("seed of initialisation and data order"))
+    skip_invalid: bool = field(default=False, metadata=_option("skip and count bad pairs"))
+    device: DeviceChoice = field(
+        default="auto",
+        metadata=_option(
+            "where to train",
+            per_iteration=False,
+            default_help="auto: cuda when a GPU is visible, else cpu",
+        ),
+    )
+    warmup_ratio: float = field(default=0.1, metadata=_option("linear warmup share", check=_fraction))
+    logging_steps: int = field(default=10, metadata=_option("steps between metric lines", check=_COUNT))
+    save_steps: int = field(default=200, metadata=_option("steps between checkpoints", check=_COUNT))
+    save_total_limit: int | None = field(
+        default=2, metadata=_option("checkpoints kept", check=_at_least(1, "must be at least 1 (or unset)"))
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_option("recompute activations to save memory")
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple(Path(p) for p in self.pairs))
         for name in ("policy", "reference", "out"):
             object.__setattr__(self, name, Path(getattr(self, name)))
-        problems = [problem for check in _CHECKS for problem in check(self)]
+        values = {option.name: getattr(self, option.name) for option in fields(self)}
+        problems = option_problems(values) + _check_inputs(self)
         if problems:
             raise TrainOptionsError("; ".join(problems))
 
@@ -82,49 +163,51 @@ class TrainOptions:
         return record
 
 
-def _check_values(options: TrainOptions) -> list[str]:
+def flag(name: str) -> str:
+    """The ``xlreward train`` flag of an option: ``nll_weight`` -> ``--nll-weight``."""
+    return "--" + name.replace("_", "-")
+
+
+def option_types() -> dict[str, Any]:
+    """Each option's type, resolved (the field annotations are strings)."""
+    return get_type_hints(TrainOptions)
+
+
+def option_help(option: Field[Any]) -> str:
+    """The option's help text, with its default (none for required options and switches)."""
+    text: str = option.metadata["help"]
+    shown = option.metadata["default_help"] or option.default
+    if option.default is MISSING or isinstance(option.default, bool) or shown is None:
+        return text
+    return f"{text} (default {shown})"
+
+
+def per_iteration_options() -> tuple[Field[Any], ...]:
+    """The options of ``xlreward iterate``'s ``[train]`` section: all but those the loop sets itself."""
+    return tuple(option for option in fields(TrainOptions) if option.metadata["per_iteration"])
+
+
+def option_problems(values: Mapping[str, Any], name: Callable[[str], str] = flag) -> list[str]:
+    """What is wrong with ``values`` (any of TrainOptions' fields by name), each problem naming its option
+    as ``name`` spells it (a flag by default; ``[train] beta`` in the loop's TOML)."""
     problems = []
-    if not options.pairs:
-        problems.append("--pairs: give at least one JSONL file of preference pairs")
-    if options.beta <= 0:
-        problems.append(f"--beta {options.beta}: must be above 0 (the method uses 0.1)")
-    if options.nll_weight < 0:
-        problems.append(f"--nll-weight {options.nll_weight}: must be 0 (pure DPO) or more (the method: 1.0)")
-    if options.lr is not None and options.lr <= 0:
-        problems.append(f"--lr {options.lr}: must be above 0")
-    if options.epochs <= 0 and options.max_steps is None:
-        problems.append(f"--epochs {options.epochs}: must be above 0 (or give --max-steps)")
-    if options.max_steps is not None and options.max_steps < 1:
-        problems.append(f"--max-steps {options.max_steps}: must be at least 1")
-    if not 0 <= options.warmup_ratio < 1:
-        problems.append(f"--warmup-ratio {options.warmup_ratio}: must be in [0, 1)")
+    for option in fields(TrainOptions):
+        check, value = option.metadata["check"], values.get(option.name)
+        problem = check(value) if check is not None and value is not None else None
+        if problem:
+            problems.append(f"{name(option.name)} {value}: {problem}")
+    epochs = values.get("epochs", 1.0)
+    if epochs <= 0 and values.get("max_steps") is None:
+        problems.append(f"{name('epochs')} {epochs}: must be above 0 (or give {name('max_steps')})")
     return problems
 
 
-def _check_counts(options: TrainOptions) -> list[str]:
-    counts = {
-        "--batch-size": options.batch_size,
-        "--grad-accum": options.grad_accum,
-        "--max-length": options.max_length,
-        "--lora-r": options.lora_r,
-        "--lora-alpha": options.lora_alpha,
-        "--logging-steps": options.logging_steps,
-        "--save-steps": options.save_steps,
-    }
-    problems = [f"{flag} {value}: must be at least 1" for flag, value in counts.items() if value < 1]
-    if options.save_total_limit is not None and options.save_total_limit < 1:
-        problems.append(f"--save-total-limit {options.save_total_limit}: must be at least 1 (or unset)")
-    return problems
-
-
-def _check_paths(options: TrainOptions) -> list[str]:
-    problems = [f"--pairs {path}: no such file" for path in options.pairs if not path.is_file()]
-    for flag, path in (("--policy", options.policy), ("--reference", options.reference)):
+def _check_inputs(options: TrainOptions) -> list[str]:
+    problems = [] if options.pairs else ["--pairs: give at least one JSONL file of preference pairs"]
+    problems += [f"--pairs {path}: no such file" for path in options.pairs if not path.is_file()]
+    for flag_name, path in (("--policy", options.policy), ("--reference", options.reference)):
         if not path.is_dir():
-            problems.append(f"{flag} {path}: no such checkpoint folder")
+            problems.append(f"{flag_name} {path}: no such checkpoint folder")
     if options.out.exists() and not options.out.is_dir():
         problems.append(f"--out {options.out}: exists and is not a folder")
     return problems
-
-
-_CHECKS = (_check_values, _check_counts, _check_paths)
