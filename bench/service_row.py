@@ -183,8 +183,11 @@ def batch_metrics(url: str) -> dict[str, float]:
     found = {}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
         name, _, value = line.partition(" ")
+        name = name.split("{", 1)[0]  # summed over the model label
         if name in wanted:
-            found[name.removeprefix("xlreward_")] = float(value)
+            found[name.removeprefix("xlreward_")] = found.get(name.removeprefix("xlreward_"), 0.0) + float(
+                value
+            )
     return found
 
 

@@ -103,18 +103,15 @@ def engine_rows(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) 
 
 
 def shared_prefix(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) -> Sums:
-    """``score_shared_prefix`` per prompt group: + the shared prompt computed once per group and model."""
-    from xlreward.service.scoring.prefix import score_shared_prefix
-
-    return _split([score for group in groups for score in score_shared_prefix(engine, group)])
+    """``score_shared_prefix`` per prompt group (the padded engine's ``score_groups``): + the shared prompt
+    computed once per group and model."""
+    return _split([score for group in engine.score_groups(groups) for score in group])
 
 
 def packed(engine: Any, groups: list[list[Any]], settings: dict[str, Any]) -> Sums:
-    """``score_packed`` over all groups at once: + rows without padding, each group's prompt once per row
-    and each response a segment on it (``packed_attention``)."""
-    from xlreward.service.scoring.packing import score_packed
-
-    return _split([score for group in score_packed(engine, groups) for score in group])
+    """``score_packed`` over all groups at once (the packed engine's ``score_groups``): + rows without
+    padding, each group's prompt once per row and each response a segment on it (``packed_attention``)."""
+    return _split([score for group in engine.score_groups(groups) for score in group])
 
 
 VARIANTS: dict[str, Variant] = {

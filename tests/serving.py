@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from xlreward.service.process import free_port, serve_process
+from xlreward.service.process import free_port, serve_process, wait_ready
 
 XLREWARD = str(Path(sys.executable).with_name("xlreward"))
 
@@ -44,8 +47,37 @@ def metric_samples(url: str, name: str) -> dict[str, float]:
     return samples
 
 
+def metric_total(url: str, name: str) -> float:
+    """A metric family's samples summed over their labels (every served model, say)."""
+    return sum(metric_samples(url, name).values())
+
+
 def histogram_count_above(url: str, name: str, threshold: float) -> float:
-    """How many observations of a histogram were above ``threshold`` (which must be a bucket bound)."""
+    """How many observations of a histogram were above ``threshold`` (which must be a bucket bound),
+    summed over its other labels."""
     buckets = metric_samples(url, f"{name}_bucket")
-    total = buckets['{le="+Inf"}']
-    return total - buckets[f'{{le="{float(threshold)}"}}']
+
+    def count(bound: str) -> float:
+        return sum(value for labels, value in buckets.items() if f'le="{bound}"' in labels)
+
+    return count("+Inf") - count(str(float(threshold)))
+
+
+@contextmanager
+def running_models_server(models_file: Path, log_dir: Path, **settings: object):  # type: ignore[no-untyped-def]
+    """`xlreward serve --models FILE` on a free loopback port, with extra XLREWARD_* settings."""
+    env = {**os.environ, "XLREWARD_DEVICE": "cpu", "XLREWARD_DTYPE": "float32"}
+    env.update({f"XLREWARD_{name.upper()}": str(value) for name, value in settings.items()})
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [XLREWARD, "serve", "--models", str(models_file), "--port", str(port), "--log-level", "warning"]
+    with log_path.open("a") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log_path, timeout=180)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -130,7 +130,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "--policy" in done.stderr and "no such checkpoint folder" in done.stderr
+    assert "--policy" in done.stderr and "no such folder" in done.stderr
 
 
 def test_raw_mode_and_icr_compat_flags(tmp_path, llama_pair) -> None:

@@ -135,9 +135,17 @@ def test_lm_head_runs_only_on_scored_positions_in_chunks(engine) -> None:
     probe = ScoringEngine(
         engine.policy, engine.reference, engine.tokenizer, config=EngineConfig(chunk_size=chunk)
     )
-    probe.sides = tuple(  # type: ignore[assignment]
-        replace(side, head=lambda h, head=side.head: (rows_seen.append(h.shape[0]), head(h))[1])
-        for side in probe.sides
+    probe.core = replace(
+        probe.core,
+        sides=tuple(
+            replace(
+                side,
+                read=replace(
+                    side.read, head=lambda h, head=side.read.head: (rows_seen.append(h.shape[0]), head(h))[1]
+                ),
+            )
+            for side in probe.sides
+        ),
     )
     results = probe.score(ITEMS)
     assert max(rows_seen) <= chunk

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from oracle import plain_logp
+from strategy_scores import prefix_scores
 from xlreward.service.protocol import RewardItem
 from xlreward.service.scoring.engine import ScoringEngine
 from xlreward.service.scoring.errors import ModelPairError
 from xlreward.service.scoring.loading import is_adapter_folder, load_causal_lm, load_engine, load_tokenizer
-from xlreward.service.scoring.prefix import score_shared_prefix
 
 ITEMS = [
     RewardItem(id="en", prompt="What is 2+2?", response="2+2 is 4."),
@@ -95,7 +95,7 @@ def test_the_adapter_is_on_again_after_each_reference_pass(lora_engine) -> None:
 def test_groups_with_a_shared_prompt_work_in_lora_mode(lora_engine) -> None:
     responses = ["Dos más dos son cuatro.", "4", "It is four, of course.", ""]
     items = [lora_engine.tokenize(RewardItem(prompt="What is 2+2?", response=r)) for r in responses]
-    shared = score_shared_prefix(lora_engine, items)
+    shared = prefix_scores(lora_engine, items)
     plain = lora_engine.score_tokenized(items)
     for ours, theirs in zip(shared, plain, strict=True):
         assert ours.policy_logp == pytest.approx(theirs.policy_logp, abs=1e-4)
@@ -110,7 +110,7 @@ def test_no_reference_needs_an_adapter(tiny_pair) -> None:
 
 def test_an_adapter_without_its_base_folder_is_refused(adapter_and_merged, tmp_path) -> None:
     adapter, _ = adapter_and_merged
-    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         load_engine(adapter, tmp_path / "missing", device="cpu", dtype="float32")
 
 

@@ -24,9 +24,10 @@ def test_hot_switch_serves_new_scores_and_in_flight_requests_complete(llama_pair
     with running_server(llama_pair, tmp_path, admin_key="admin-secret", batch_wait_ms=5) as url:
         before = reward(url)
         assert httpx.get(f"{url}/admin/models").status_code == 401
-        served = httpx.get(f"{url}/admin/models", headers=ADMIN).json()
-        assert served["policy"] == str(llama_pair.policy)
-        assert served["scoring"] == "cpu, float32, padded rows"
+        served = httpx.get(f"{url}/admin/models", headers=ADMIN).json()["models"]
+        assert [model["name"] for model in served] == ["default"]
+        assert served[0]["policy"] == str(llama_pair.policy) and served[0]["state"] == "loaded"
+        assert served[0]["scoring"] == "cpu, float32, padded rows"
 
         stop = threading.Event()
         statuses: list[int] = []
@@ -56,7 +57,7 @@ def test_bad_switch_requests_keep_the_old_pair(llama_pair, tmp_path) -> None:  #
         before = reward(url)
         missing = {"policy": str(tmp_path / "nope"), "reference": str(llama_pair.reference)}
         refused = httpx.post(f"{url}/admin/models", json=missing, headers=ADMIN, timeout=60)
-        assert refused.status_code == 422 and "not a checkpoint folder" in refused.json()["error"]["message"]
+        assert refused.status_code == 422 and "no such folder" in refused.json()["error"]["message"]
         empty = tmp_path / "empty"
         empty.mkdir()
         broken = httpx.post(

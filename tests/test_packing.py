@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.nn.attention.bias import causal_lower_right
 
+from strategy_scores import packed_scores, prefix_scores
 from test_prefix_sharing import (
     LONG_RESPONSE,
     MESSAGES,
@@ -39,8 +40,6 @@ from xlreward.service.scoring.packed_attention import (
     packed_forward,
     varlen_layout,
 )
-from xlreward.service.scoring.packing import score_packed
-from xlreward.service.scoring.prefix import score_shared_prefix
 from xlreward.service.scoring.templating import TemplateOptions
 
 
@@ -110,7 +109,7 @@ def test_plan_refuses_an_empty_budget() -> None:
 
 def test_groups_and_lone_items_equal_score_tokenized(engine) -> None:
     groups = mixed_groups(engine)
-    ours = score_packed(engine, groups)
+    ours = packed_scores(engine, groups)
     assert [len(scores) for scores in ours] == [len(group) for group in groups]
     flat = [item for group in groups for item in group]
     assert_same_scores([s for scores in ours for s in scores], engine.score_tokenized(flat))
@@ -121,7 +120,7 @@ def test_rows_cut_anywhere_do_not_change_scores(engine, max_batch_tokens: int, c
     small = packed(engine, max_batch_tokens=max_batch_tokens, chunk_size=chunk_size)
     groups = mixed_groups(small)
     with rows_fed(small.policy) as calls:
-        ours = score_packed(small, groups)
+        ours = packed_scores(small, groups)
     assert len(calls) >= 3
     assert all(rows == 1 for rows, _ in calls)
     flat = [item for group in groups for item in group]
@@ -133,7 +132,7 @@ def test_icr_compat_items_and_identical_responses(engine) -> None:
     responses = [*RESPONSES, "Hello! Nice to meet you.", "Hello! Nice to meet you.", "Hello!"]
     items = tokenize(icr, PROMPT, responses)
     assert 0 in [item.num_scored for item in items]  # the empty response: nothing left to score
-    assert_same_scores(score_packed(icr, [items])[0], icr.score_tokenized(items))
+    assert_same_scores(packed_scores(icr, [items])[0], icr.score_tokenized(items))
 
 
 def test_the_packed_engine_scores_as_the_padded_one(engine) -> None:
@@ -145,7 +144,7 @@ def test_the_packed_engine_scores_as_the_padded_one(engine) -> None:
     with rows_fed(on.reference) as calls:
         assert_same_scores(on.score_tokenized(items, progress=told.append), expected)
     assert calls and all(rows == 1 for rows, _ in calls) and sum(told) == len(items)
-    assert_same_scores(score_shared_prefix(on, items), engine.score_tokenized(items))
+    assert_same_scores(prefix_scores(on, items), engine.score_tokenized(items))
     assert on.score_tokenized([]) == []
 
 
@@ -153,7 +152,7 @@ def test_the_attention_switch_is_undone(engine) -> None:
     backbone = model_backbone(engine.policy)
     before = backbone.config._attn_implementation
     assert before != PACKED_ATTENTION
-    score_packed(engine, [tokenize(engine, PROMPT, RESPONSES[:3])])
+    packed_scores(engine, [tokenize(engine, PROMPT, RESPONSES[:3])])
     assert backbone.config._attn_implementation == before
     ids = torch.tensor([[1, 2, 3]])
     with pytest.raises(UnsupportedModelError, match="one row"):  # a failed forward restores it too
@@ -164,7 +163,7 @@ def test_the_attention_switch_is_undone(engine) -> None:
 def test_items_without_a_shared_prompt_are_refused(engine) -> None:
     items = [*tokenize(engine, PROMPT, RESPONSES[:3]), *tokenize(engine, "Something else.", ["Yes."])]
     with pytest.raises(ValueError, match="not a prompt"):
-        score_packed(engine, [items])
+        packed_scores(engine, [items])
 
 
 # --- what is fed: no padding, each prompt once per row ---
@@ -179,7 +178,7 @@ def test_a_row_feeds_each_prompt_once_and_no_padding(engine) -> None:
         expected += prompt + sum(max(n, 0) for n in suffix_lengths(group, prompt))
     for model in (on.policy, on.reference):
         with rows_fed(model) as calls:
-            score_packed(on, groups)
+            packed_scores(on, groups)
         assert calls == [(1, expected)]
     padded = sum(len(item) for group in groups for item in group)
     assert expected < padded  # less than every item in full
@@ -191,7 +190,7 @@ def test_a_long_prompt_is_fed_once_per_row(engine) -> None:
     prompt_length = min(item.score_start for item in items)
     small = packed(engine, max_batch_tokens=prompt_length + 400)
     with rows_fed(small.policy) as calls:
-        scores = score_packed(small, [items])[0]
+        scores = packed_scores(small, [items])[0]
     assert len(calls) >= 2
     fed = sum(width for _, width in calls)
     assert fed == len(calls) * prompt_length + sum(suffix_lengths(items, prompt_length))
@@ -367,7 +366,7 @@ def test_an_engine_with_varlen_runs_one_kernel_call_per_layer_and_scores_the_sam
     groups = mixed_groups(fast)
     kernel.calls = 0
     with rows_fed(fast.policy) as rows:
-        ours = score_packed(fast, groups)
+        ours = packed_scores(fast, groups)
     layers = engine.policy.config.num_hidden_layers
     assert kernel.calls == 2 * layers * len(rows)  # both sides, every layer, every row: one call each
     flat = [item for group in groups for item in group]
@@ -399,7 +398,7 @@ def test_a_varlen_kernel_that_differs_falls_back_to_the_loop(engine, monkeypatch
     groups = mixed_groups(fallen_back)
     calls = kernel.calls
     flat = [item for group in groups for item in group]
-    ours = score_packed(fallen_back, groups)
+    ours = packed_scores(fallen_back, groups)
     assert kernel.calls == calls
     assert_same_scores([s for scores in ours for s in scores], engine.score_tokenized(flat))
 
@@ -420,7 +419,7 @@ def test_cuda_bfloat16_packed_uses_flash_varlen_and_matches_padded(tiny_pair) ->
     padded = with_config(gpu)
     groups = mixed_groups(gpu)
     flat = [item for group in groups for item in group]
-    ours = [s for scores in score_packed(gpu, groups) for s in scores]
+    ours = [s for scores in packed_scores(gpu, groups) for s in scores]
     for a, b in zip(ours, padded.score_tokenized(flat), strict=True):
         assert a.num_response_tokens == b.num_response_tokens
         assert a.policy_logp == pytest.approx(b.policy_logp, rel=0.02, abs=0.2)

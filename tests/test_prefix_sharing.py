@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import torch
 
+from strategy_scores import prefix_scores
 from xlreward.service.protocol import ChatMessage, RewardItem
 from xlreward.service.scoring.engine import EngineConfig, ItemScore, ScoringEngine, model_backbone
-from xlreward.service.scoring.prefix import cache_keyword, returned_cache, score_shared_prefix
+from xlreward.service.scoring.prefix import cache_keyword, returned_cache
 from xlreward.service.scoring.templating import TemplateOptions, TokenizedItem
 
 PROMPT = "Greet the reader, then explain how to add two numbers."
@@ -121,19 +122,19 @@ def test_group_equals_score_tokenized(engine) -> None:
     items = tokenize(engine, PROMPT, RESPONSES)
     assert max(item.num_scored for item in items) > 200  # the long response is long
     assert min(item.num_scored for item in items) == 1  # the empty response: end-of-turn only
-    worst = assert_same_scores(score_shared_prefix(engine, items), engine.score_tokenized(items))
+    worst = assert_same_scores(prefix_scores(engine, items), engine.score_tokenized(items))
     print(f"max abs diff: {worst:.3g}")
 
 
 def test_messages_prompt_with_system_turn(engine) -> None:
     items = tokenize(engine, MESSAGES, RESPONSES)
-    assert_same_scores(score_shared_prefix(engine, items), engine.score_tokenized(items))
+    assert_same_scores(prefix_scores(engine, items), engine.score_tokenized(items))
 
 
 def test_input_order_is_kept(engine) -> None:
     items = tokenize(engine, PROMPT, RESPONSES)
-    forward = score_shared_prefix(engine, items)
-    backward = score_shared_prefix(engine, items[::-1])
+    forward = prefix_scores(engine, items)
+    backward = prefix_scores(engine, items[::-1])
     assert_same_scores(backward[::-1], forward)
 
 
@@ -143,7 +144,7 @@ def test_sub_batches_do_not_change_scores(engine, max_batch_tokens: int, chunk_s
     small = with_config(engine, max_batch_tokens=max_batch_tokens, chunk_size=chunk_size)
     items = tokenize(small, PROMPT, RESPONSES)
     with recording(small.policy) as (calls, _):
-        ours = score_shared_prefix(small, items)
+        ours = prefix_scores(small, items)
     assert len(calls) >= 3  # the prefix and at least two sub-batches
     assert_same_scores(ours, engine.score_tokenized(items))
 
@@ -152,7 +153,7 @@ def test_icr_compat_items(engine) -> None:
     icr = with_config(engine, template=TemplateOptions(icr_compat=True))
     items = tokenize(icr, PROMPT, RESPONSES)
     assert 0 in [item.num_scored for item in items]  # the empty response: nothing left to score
-    assert_same_scores(score_shared_prefix(icr, items), icr.score_tokenized(items))
+    assert_same_scores(prefix_scores(icr, items), icr.score_tokenized(items))
 
 
 def test_responses_sharing_their_first_tokens(engine) -> None:
@@ -162,9 +163,9 @@ def test_responses_sharing_their_first_tokens(engine) -> None:
     responses = ["Hello! Nice to meet you.", "Hello! Привет.", "Hello!", "Hello! Nice to meet you."]
     for scorer in (engine, icr):
         items = tokenize(scorer, PROMPT, responses)
-        assert_same_scores(score_shared_prefix(scorer, items), scorer.score_tokenized(items))
+        assert_same_scores(prefix_scores(scorer, items), scorer.score_tokenized(items))
     single = tokenize(engine, PROMPT, ["Hello!"])
-    assert_same_scores(score_shared_prefix(engine, single), engine.score_tokenized(single))
+    assert_same_scores(prefix_scores(engine, single), engine.score_tokenized(single))
 
 
 def test_prompt_is_computed_once_per_model(engine) -> None:
@@ -174,7 +175,7 @@ def test_prompt_is_computed_once_per_model(engine) -> None:
     suffixes = suffix_lengths(items, prompt_length)
     for model in (engine.policy, engine.reference):
         with recording(model) as (calls, embedded):
-            score_shared_prefix(one_batch, items)
+            prefix_scores(one_batch, items)
         prefix_call, suffix_call = calls
         assert prefix_call == Call(1, prompt_length, 0, 0, 0)
         assert suffix_call == Call(len(items), max(suffixes), prompt_length, prompt_length, len(items))
@@ -187,7 +188,7 @@ def test_prompt_is_computed_once_with_sub_batches(engine) -> None:
     prompt_length = min(item.score_start for item in items)
     suffixes = suffix_lengths(items, prompt_length)
     with recording(small.reference) as (calls, embedded):
-        score_shared_prefix(small, items)
+        prefix_scores(small, items)
     prefix_call, *suffix_calls = calls
     assert prefix_call == Call(1, prompt_length, 0, 0, 0)
     assert len(suffix_calls) >= 2
@@ -206,14 +207,14 @@ def test_prompt_is_computed_once_with_sub_batches(engine) -> None:
 def test_items_without_a_shared_prompt_are_refused(engine) -> None:
     items = [*tokenize(engine, PROMPT, RESPONSES[:3]), *tokenize(engine, "Something else.", ["Yes."])]
     with pytest.raises(ValueError, match="not a prompt"):
-        score_shared_prefix(engine, items)
+        prefix_scores(engine, items)
     shifted = TokenizedItem(items[0].input_ids[1:], items[0].score_start - 1, items[0].score_end - 1)
     with pytest.raises(ValueError, match="share only their first 0 tokens"):
-        score_shared_prefix(engine, [items[0], shifted])
+        prefix_scores(engine, [items[0], shifted])
 
 
 def test_no_items_no_scores(engine) -> None:
-    assert score_shared_prefix(engine, []) == []
+    assert prefix_scores(engine, []) == []
 
 
 def test_prefix_sharing_is_faster_in_tokens_fed_than_full_scoring(engine) -> None:
@@ -221,7 +222,7 @@ def test_prefix_sharing_is_faster_in_tokens_fed_than_full_scoring(engine) -> Non
     prompt = " ".join(["Please read this long instruction carefully."] * 20)
     items = tokenize(engine, prompt, RESPONSES[:9])
     with recording(engine.policy) as (_, shared):
-        score_shared_prefix(engine, items)
+        prefix_scores(engine, items)
     with recording(engine.policy) as (_, full):
         engine.score_tokenized(items)
     assert sum(shared) < sum(full)

@@ -8,8 +8,10 @@ import threading
 import pytest
 
 from xlreward.service.scheduler import (
+    BatchStats,
     Cancelled,
     DeadlineExceeded,
+    LengthBudget,
     QueueFull,
     Scheduler,
     ShuttingDown,
@@ -28,7 +30,7 @@ class Recorder:
         if not hold_first:
             self.gate.set()
 
-    def __call__(self, units):  # type: ignore[no-untyped-def]
+    def __call__(self, units, plan):  # type: ignore[no-untyped-def]
         self.gate.wait(timeout=10)
         self.batches.append([unit.payload for unit in units])
         return [unit.payload for unit in units]
@@ -141,7 +143,7 @@ def test_deadline_and_cancellation_end_tickets_and_skip_their_work() -> None:
 def test_a_failed_forward_fails_its_requests_and_the_loop_goes_on() -> None:
     calls = []
 
-    def flaky(batch):  # type: ignore[no-untyped-def]
+    def flaky(batch, plan):  # type: ignore[no-untyped-def]
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("out of memory")
@@ -180,3 +182,46 @@ def test_stop_ends_queued_tickets_with_shutting_down() -> None:
             scheduler.submit("t", units("z", 1), timeout=10)
 
     asyncio.run(main())
+
+
+class BudgetModel:
+    """A model whose planner is a plain length budget of its own."""
+
+    def __init__(self, name: str, budget: int) -> None:
+        self.name = name
+        self.budget = budget
+
+    def new_batch_plan(self) -> LengthBudget:
+        return LengthBudget(self.budget)
+
+
+def test_a_batch_holds_one_model_and_its_planner_decides_what_fits() -> None:
+    """Units of two models never share a batch; each model's planner (not the scheduler's budget) sizes
+    its batches, and the stats report the plan's padded tokens and the model."""
+    runner = Recorder(hold_first=True)
+    small, large = BudgetModel("small", 20), BudgetModel("large", 1000)
+    stats: list[BatchStats] = []
+    scheduler = Scheduler(
+        runner, max_batch_tokens=100, batch_wait=0.0, max_queue_items=1000, observer=stats.append
+    )
+    scheduler.start()
+
+    async def main() -> None:
+        blocker = scheduler.submit("t0", [Unit("x", (1,))], timeout=10)
+        tickets = [
+            scheduler.submit("a", [Unit(f"s{i}", (10,), model=small) for i in range(4)], timeout=10),
+            scheduler.submit("b", [Unit(f"l{i}", (10,), model=large) for i in range(30)], timeout=10),
+        ]
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await asyncio.gather(*(wait_for_ticket(scheduler, t, 10) for t in [blocker, *tickets]))
+
+    asyncio.run(main())
+    scheduler.stop()
+    for batch in runner.batches[1:]:
+        kinds = {str(payload)[0] for payload in batch}
+        assert len(kinds) == 1
+        assert len(batch) <= (2 if kinds == {"s"} else 30)
+    assert any(len(batch) == 30 for batch in runner.batches)  # past the scheduler's own 100 tokens
+    assert {s.model for s in stats} == {"-", "small", "large"}
+    assert all(s.padded_tokens == s.items * (1 if s.model == "-" else 10) for s in stats)

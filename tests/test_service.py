@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from oracle import plain_logp
-from serving import XLREWARD, histogram_count_above, metric_samples, running_server
+from serving import XLREWARD, histogram_count_above, metric_samples, metric_total, running_server
 from xlreward.client import AsyncRewardClient, RewardClient
 from xlreward.service.process import free_port
 from xlreward.service.protocol import ChatMessage, RewardItem
@@ -142,7 +142,7 @@ def test_many_concurrent_clients_are_batched_together(server, local_engine) -> N
         for c in range(40)
     ]
     before = histogram_count_above(server, "xlreward_batch_items", 4)
-    busy_before = metric_samples(server, "xlreward_batch_seconds_sum")[""]
+    busy_before = metric_total(server, "xlreward_batch_seconds_sum")
     barrier = threading.Barrier(len(requests))
 
     def call(items: list[RewardItem]) -> list[dict]:  # type: ignore[type-arg]
@@ -154,7 +154,7 @@ def test_many_concurrent_clients_are_batched_together(server, local_engine) -> N
     started = time.perf_counter()
     with ThreadPoolExecutor(len(requests)) as pool:
         answers = list(pool.map(call, requests))
-    busy = metric_samples(server, "xlreward_batch_seconds_sum")[""] - busy_before
+    busy = metric_total(server, "xlreward_batch_seconds_sum") - busy_before
     assert 0 < busy <= time.perf_counter() - started  # the models' time, within the requests' span
     for items, answer in zip(requests, answers, strict=True):
         expected = local_engine.score(items)
@@ -420,7 +420,8 @@ def test_tenant_flood_does_not_stall_another_tenant(llama_pair, tmp_path) -> Non
         last_b = max(t for who, t in finished if who == "b")
         assert last_b < max(t for who, t in finished if who == "a")
         counts = metric_samples(url, "xlreward_scored_items_total")
-        assert counts['{tenant="team-a"}'] == 1500 and counts['{tenant="team-b"}'] == 5
+        assert counts['{model="default",tenant="team-a"}'] == 1500
+        assert counts['{model="default",tenant="team-b"}'] == 5
         assert histogram_count_above(url, "xlreward_batch_tenants", 1) >= 1
 
 
@@ -448,7 +449,7 @@ def test_deadline_and_disconnect(llama_pair, tmp_path) -> None:  # type: ignore[
         )
         wait_until(lambda: metric_samples(url, "xlreward_queue_items")[""] == 0, "the queue drained")
         time.sleep(0.5)
-        scored = metric_samples(url, "xlreward_batch_items_sum")[""]
+        scored = metric_total(url, "xlreward_batch_items_sum")
         assert scored < len(items)  # the rest of the abandoned request never reached the models
 
 

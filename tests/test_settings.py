@@ -61,5 +61,5 @@ def test_serve_refuses_bad_settings_with_exit_2(tmp_path) -> None:  # type: igno
         check=False,
     )
     assert done.returncode == 2
-    assert "policy [XLREWARD_POLICY]" in done.stderr and "is not a folder" in done.stderr
+    assert "policy [XLREWARD_POLICY]" in done.stderr and "no such folder" in done.stderr
     assert "Traceback" not in done.stderr

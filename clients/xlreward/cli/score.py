@@ -19,18 +19,23 @@ def register(commands: Any) -> None:
             "--skip-invalid."
         ),
     )
-    parser.add_argument("--policy", required=True, help="folder of the DPO (policy) checkpoint")
-    parser.add_argument("--reference", required=True, help="folder of the reference checkpoint")
+    from xlreward.service.choices import DEVICES, DTYPE_HELP, DTYPES
+
+    parser.add_argument("--policy", required=True, help="the DPO (policy) checkpoint: hub id or folder")
+    parser.add_argument("--reference", required=True, help="the reference checkpoint: hub id or folder")
+    parser.add_argument("--revision", help="hub revision of --policy and --reference (default: main)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run model code from the checkpoints"
+    )
+    parser.add_argument(
+        "--attn-implementation",
+        help="transformers' attention implementation (sdpa, eager, flash_attention_2)",
+    )
     parser.add_argument("--input", required=True, help="JSONL file of items to score")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--beta", type=float, default=0.1, help="reward scale (default 0.1)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="model weights' dtype; auto = bfloat16 on GPU, float32 on CPU; log-softmax is float32 always",
-    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where models run (default auto)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--skip-invalid", action="store_true", help="report and skip bad lines")
     parser.add_argument(
         "--raw", action="store_true", help="no chat template (base models): prompt + response"
@@ -58,13 +63,21 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xlreward.cli.main import CommandError
+    from xlreward.service.model_source import check_model_name
+
+    try:  # a wrong name fails here, before torch is imported
+        for flag in ("policy", "reference"):
+            check_model_name(getattr(args, flag), revision=args.revision, what=f"--{flag}")
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
     from transformers.utils import logging as transformers_logging
 
-    from xlreward.cli.main import CommandError
     from xlreward.service.score_file import InvalidLine, score_file
     from xlreward.service.scoring.engine import EngineConfig
     from xlreward.service.scoring.errors import ScoringError
-    from xlreward.service.scoring.loading import load_engine
+    from xlreward.service.scoring.loading import LoadOptions, load_engine
     from xlreward.service.scoring.templating import TemplateOptions
 
     transformers_logging.disable_progress_bar()  # our own bar is the one that means something here
@@ -83,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
                 chunk_size=args.chunk_size,
                 max_batch_tokens=args.max_batch_tokens,
                 packed=args.packed,
+            ),
+            options=LoadOptions(
+                revision=args.revision,
+                trust_remote_code=args.trust_remote_code,
+                attn_implementation=args.attn_implementation,
             ),
         )
         report = score_file(engine, args.input, args.output, skip_invalid=args.skip_invalid)

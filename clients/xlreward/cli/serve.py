@@ -6,32 +6,39 @@ import argparse
 import sys
 from typing import Any
 
-FLAGS = ("policy", "reference", "host", "port", "device", "dtype", "beta", "packed")
+# The settings that are also flags; each flag's type, choices, default and help come from the setting.
+FLAGS = (
+    "models",
+    "policy",
+    "reference",
+    "revision",
+    "trust_remote_code",
+    "attn_implementation",
+    "host",
+    "port",
+    "device",
+    "dtype",
+    "beta",
+    "packed",
+)
 
 
 def register(commands: Any) -> None:
+    from xlreward.cli.settings_flags import add_settings_flags
+    from xlreward.service.settings import ServiceSettings
+
     parser = commands.add_parser(
         "serve",
-        help="serve POST /reward and /generate for a policy/reference pair",
+        help="serve POST /reward and /generate for named reward models (or one policy/reference pair)",
         description=(
-            "Starts the reward server. Every flag, and every other setting (batching, queue bound, API keys, "
+            "Starts the reward server for the models of --models FILE (implicit pairs and classifier RMs, "
+            "each under a name requests give as \"model\"), or for one implicit pair named 'default' "
+            "(--policy, --reference). Every flag, and every other setting (batching, queue bound, API keys, "
             "generation backend), also comes from an XLREWARD_* environment variable, e.g. "
             'XLREWARD_MAX_BATCH_TOKENS=32768 or XLREWARD_API_KEYS=\'{"key": "team-a"}\'. Flags win.'
         ),
     )
-    parser.add_argument("--policy", help="folder of the DPO (policy) checkpoint [XLREWARD_POLICY]")
-    parser.add_argument("--reference", help="folder of the reference checkpoint [XLREWARD_REFERENCE]")
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1; others need API keys)")
-    parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--beta", type=float, help="default reward scale (default 0.1)")
-    parser.add_argument(
-        "--packed",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="score in packed rows with no padding (default off) [XLREWARD_PACKED]",
-    )
+    add_settings_flags(parser, ServiceSettings, FLAGS, env_prefix="XLREWARD_")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(run=run)
 
@@ -61,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from xlreward.cli.main import CommandError
+    from xlreward.cli.settings_flags import settings_overrides
     from xlreward.service.settings import ServiceSettings
 
-    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    overrides = settings_overrides(args, FLAGS)
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as error:

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,15 +23,14 @@ from xlreward.service.settings import ServiceSettings
 log = logging.getLogger("xlreward.service")
 
 
-def create_app(settings: ServiceSettings, *, engine: Any = None, generator: Any = None) -> FastAPI:
-    """Builds the app. ``engine`` / ``generator``: already-loaded parts (tests, the trainer's hot switch);
-    by default the models load from ``settings`` when the app starts."""
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """Builds the app; the models load from ``settings`` when the app starts."""
     metrics = ServiceMetrics()
     runtime = Runtime(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        runtime.start(engine=engine, generator=generator)
+        runtime.start()
         try:
             yield
         finally:
@@ -40,7 +38,8 @@ def create_app(settings: ServiceSettings, *, engine: Any = None, generator: Any 
 
     app = FastAPI(
         title="xlreward",
-        summary="Implicit cross-lingual rewards: a DPO model and its reference, batched across clients.",
+        summary="Reward models for multilingual alignment (implicit DPO pairs and classifier RMs), batched "
+        "across clients.",
         version="0.1.0",
         lifespan=lifespan,
     )

@@ -18,20 +18,37 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.queue_items = Gauge("xlreward_queue_items", "items waiting to be scored", registry=r)
+        by_model = ["model"]
         self.batch_items = Histogram(
-            "xlreward_batch_items", "sequences per forward batch", buckets=POWERS_OF_TWO, registry=r
+            "xlreward_batch_items", "sequences per batch", by_model, buckets=POWERS_OF_TWO, registry=r
         )
         self.batch_padded_tokens = Histogram(
-            "xlreward_batch_padded_tokens", "rows x longest row per batch", buckets=TOKEN_BUCKETS, registry=r
+            "xlreward_batch_padded_tokens",
+            "positions a batch ran through each model side's backbone, padding included",
+            by_model,
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.batch_requests = Histogram(
-            "xlreward_batch_requests", "requests contributing to a batch", buckets=POWERS_OF_TWO, registry=r
+            "xlreward_batch_requests",
+            "requests contributing to a batch",
+            by_model,
+            buckets=POWERS_OF_TWO,
+            registry=r,
         )
         self.batch_tenants = Histogram(
-            "xlreward_batch_tenants", "tenants contributing to a batch", buckets=POWERS_OF_TWO, registry=r
+            "xlreward_batch_tenants",
+            "tenants contributing to a batch",
+            by_model,
+            buckets=POWERS_OF_TWO,
+            registry=r,
         )
         self.batch_seconds = Histogram(
-            "xlreward_batch_seconds", "time the models spent on a batch", buckets=LATENCY_BUCKETS, registry=r
+            "xlreward_batch_seconds",
+            "time the models spent on a batch",
+            by_model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.request_latency = Histogram(
             "xlreward_request_latency_seconds",
@@ -47,7 +64,7 @@ class ServiceMetrics:
             registry=r,
         )
         self.scored_items = Counter(
-            "xlreward_scored_items", "items scored, by tenant", ["tenant"], registry=r
+            "xlreward_scored_items", "items scored, by tenant and model", ["tenant", "model"], registry=r
         )
         self.rejected = Counter("xlreward_rejected", "requests ended without results", ["reason"], registry=r)
 
@@ -55,11 +72,12 @@ class ServiceMetrics:
         self.queue_items.set_function(depth)
 
     def observe_batch(self, stats: BatchStats) -> None:
-        self.batch_items.observe(stats.items)
-        self.batch_padded_tokens.observe(stats.padded_tokens)
-        self.batch_requests.observe(stats.requests)
-        self.batch_tenants.observe(len(stats.tenants))
-        self.batch_seconds.observe(stats.seconds)
+        model = stats.model
+        self.batch_items.labels(model=model).observe(stats.items)
+        self.batch_padded_tokens.labels(model=model).observe(stats.padded_tokens)
+        self.batch_requests.labels(model=model).observe(stats.requests)
+        self.batch_tenants.labels(model=model).observe(len(stats.tenants))
+        self.batch_seconds.labels(model=model).observe(stats.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -61,11 +61,13 @@ class RewardGroup(BaseModel):
 
 
 class RewardRequest(BaseModel):
-    """``items`` and/or ``groups``; ``beta`` overrides the server's default reward scale for this request.
-    ``truncate``: cut responses that do not fit the context instead of refusing them (413)."""
+    """``items`` and/or ``groups``; ``model``: which served reward model scores them (``GET /v1/models``
+    lists them; default: the server's first); ``beta`` overrides an implicit model's reward scale for this
+    request. ``truncate``: cut responses that do not fit the context instead of refusing them (413)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = None
     items: list[RewardItem] = Field(default_factory=list)
     groups: list[RewardGroup] = Field(default_factory=list)
     beta: Annotated[FiniteFloat, Field(ge=0)] | None = None
@@ -81,21 +83,26 @@ class RewardRequest(BaseModel):
 class RewardResult(BaseModel):
     """Scores of one item.
 
-    ``policy_logp`` and ``reference_logp`` are SUMS of token log-probabilities over the scored tokens (the
-    response and its end-of-turn token); ``reward = beta * (policy_logp - reference_logp)``. The ``*_mean``
-    fields divide by ``num_response_tokens`` (length-normalised variants; 0.0 when nothing is scored).
+    An implicit model: ``policy_logp`` and ``reference_logp`` are SUMS of token log-probabilities over the
+    scored tokens (the response and its end-of-turn token); ``reward = beta * (policy_logp -
+    reference_logp)``. The ``*_mean`` fields divide by ``num_response_tokens`` (length-normalised variants;
+    0.0 when nothing is scored).
+
+    A classifier model: ``reward`` is its head's scalar for the prompt and response rendered as one
+    conversation; the log-prob fields and ``reward_mean`` are null, and ``num_response_tokens`` counts the
+    response's tokens in that conversation.
     """
 
     model_config = RESPONSE_CONFIG
 
     id: str | int | None = None
     reward: float
-    policy_logp: float
-    reference_logp: float
+    policy_logp: float | None = None
+    reference_logp: float | None = None
     num_response_tokens: int
-    reward_mean: float
-    policy_logp_mean: float
-    reference_logp_mean: float
+    reward_mean: float | None = None
+    policy_logp_mean: float | None = None
+    reference_logp_mean: float | None = None
     truncated: bool = False
 
 
@@ -125,8 +132,9 @@ class RewardResponse(BaseModel):
 
     results: list[RewardResult]  # one per request item, in input order
     groups: list[GroupResult]  # one per request group, in input order
-    beta: float
+    beta: float | None  # null for a classifier model
     usage: Usage
+    model: str | None = None  # the served model that scored the request
 
 
 # --- /generate -----------------------------------------------------------------------------------------

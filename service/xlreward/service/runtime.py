@@ -1,8 +1,9 @@
-"""What a running server holds: the scoring engine, the scheduler that feeds it, the generation backend,
-and whether the models are loaded yet.
+"""What a running server holds: its named reward models, the scheduler that feeds them, the generation
+backend, and which models are loaded yet.
 
-Models load on a background thread at start-up, so /healthz answers at once and /readyz turns 200 when
-they are in memory. One lock serialises every use of the models (scoring batches, local generation).
+Models load on a background thread at start-up, in the order the models file lists them, so /healthz
+answers at once and /readyz turns 200 when all are in memory (a request for a loaded model is served
+before the others are). One lock serialises every use of the models (scoring batches, local generation).
 """
 
 from __future__ import annotations
@@ -10,26 +11,63 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlreward.service.errors import ServiceError
 from xlreward.service.metrics import ServiceMetrics
-from xlreward.service.scheduler import Scheduler, Unit
-from xlreward.service.scoring.batching import GPU_MAX_BATCH_TOKENS
+from xlreward.service.models_config import ModelSpec
+from xlreward.service.scheduler import BatchPlan, Scheduler, Unit
+from xlreward.service.scoring.batching import CPU_MAX_BATCH_TOKENS
 from xlreward.service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from xlreward.service.scoring.reward_model import ForwardPlan, ItemReward, RewardModel
 
 log = logging.getLogger("xlreward.service")
 
 
-@dataclass(frozen=True)
-class Work:
-    """A scheduler unit's payload: tokenized item(s) and the engine they were tokenized for."""
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A loaded reward model under its served name. Units carry the one they were tokenized for, so a
+    request in flight during a switch is scored by the model it started with (a switch installs a new
+    ``LoadedModel``; the scheduler never batches units of two together)."""
 
-    engine: Any
-    items: Any  # TokenizedItem, or a group's list of them
+    name: str
+    spec: ModelSpec
+    model: RewardModel
+
+    def new_batch_plan(self) -> ModelBatchPlan:
+        return ModelBatchPlan(self.model.new_plan())
+
+
+class ModelBatchPlan:
+    """The scheduler's view of a model's forward plan: it offers units, the plan decides what fits."""
+
+    def __init__(self, plan: ForwardPlan) -> None:
+        self.plan = plan
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.plan.padded_tokens
+
+    def add(self, unit: Unit) -> bool:
+        return self.plan.add(unit.payload)
+
+
+@dataclass
+class ModelSlot:
+    """One configured model: its spec, and the loaded model or why it failed to load."""
+
+    spec: ModelSpec
+    loaded: LoadedModel | None = None
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return "loaded" if self.loaded else "failed" if self.error else "loading"
 
 
 class Runtime:
@@ -37,103 +75,112 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.model_lock = threading.Lock()
-        self.engine: Any = None  # ScoringEngine; typed loosely so this module imports without torch
-        self.generator: Any = None  # GenerationBackend
+        self.slots: dict[str, ModelSlot] = {spec.name: ModelSlot(spec) for spec in settings.model_specs()}
+        self.generator: Any = None  # GenerationBackend, built from the first model once it loads
         self.scheduler = Scheduler(
             self._run_units,
-            # The engine re-plans what the scheduler hands it into its own batches; coalescing into
-            # bigger units than one forward batch gives its planner lengths to group.
-            max_batch_tokens=settings.max_batch_tokens or GPU_MAX_BATCH_TOKENS,
+            # Only for units without a model; every served model plans its own batches.
+            max_batch_tokens=settings.max_batch_tokens or CPU_MAX_BATCH_TOKENS,
             batch_wait=settings.batch_wait_ms / 1000,
             max_queue_items=settings.max_queue_items,
             observer=metrics.observe_batch,
         )
         metrics.track_queue(lambda: self.scheduler.queued_items)
-        self._ready = threading.Event()
-        self._load_error: str | None = None
+        self.started_at = int(time.time())
+        self._all_loaded = threading.Event()
         self._switch_lock = asyncio.Lock()
-        self.policy_path: Path = settings.policy
-        self.reference_path: Path = settings.reference
 
     # --- start-up and shut-down --------------------------------------------------------------------
 
-    def start(self, engine: Any = None, generator: Any = None) -> None:
-        """Start the scheduler and load the models in the background (or use the ones given)."""
+    def start(self) -> None:
+        """Start the scheduler and load the models in the background."""
         self.scheduler.start()
-        if engine is not None:
-            self._install(engine, generator)
-            return
-        threading.Thread(target=self._load, name="xlreward-loader", daemon=True).start()
+        threading.Thread(target=self._load_all, name="xlreward-loader", daemon=True).start()
 
-    def _load(self) -> None:
-        try:
-            self._install(self.load_engine(self.settings.policy, self.settings.reference), None)
-        except Exception as error:  # reported by /readyz and every scoring request
-            log.exception("loading the models failed")
-            self._load_error = f"{type(error).__name__}: {error}"
+    def _load_all(self) -> None:
+        for slot in self.slots.values():
+            try:
+                self._install(slot, self.load_model(slot.spec))
+            except Exception as error:  # reported by /readyz and every request for this model
+                log.exception("loading model %r failed", slot.spec.name)
+                slot.error = f"{type(error).__name__}: {error}"
+        self._all_loaded.set()
 
-    def load_engine(self, policy: Path, reference: Path) -> Any:
-        """Loads a policy/reference pair with this server's scoring settings (blocking)."""
+    def load_model(self, spec: ModelSpec) -> RewardModel:
+        """Loads one reward model with this server's scoring settings (blocking)."""
         from xlreward.service.scoring.engine import EngineConfig
-        from xlreward.service.scoring.loading import load_engine
+        from xlreward.service.scoring.loading import LoadOptions, load_classifier, load_engine
         from xlreward.service.scoring.templating import TemplateOptions
 
         s = self.settings
-        return load_engine(
-            policy,
-            reference,
-            device=s.device,
-            dtype=s.dtype,
-            template=TemplateOptions(
+        common: dict[str, Any] = {
+            "device": spec.device or s.device,
+            "dtype": spec.dtype or s.dtype,
+            "template": TemplateOptions(
                 use_chat_template=not s.raw, system_prompt=s.system_prompt, icr_compat=s.icr_compat
             ),
-            config=EngineConfig(
-                beta=s.beta, chunk_size=s.chunk_size, max_batch_tokens=s.max_batch_tokens, packed=s.packed
+            "config": EngineConfig(
+                beta=s.beta if spec.beta is None else spec.beta,
+                chunk_size=s.chunk_size,
+                max_batch_tokens=s.max_batch_tokens,
+                packed=s.packed if spec.packed is None else spec.packed,
             ),
-        )
+            "options": LoadOptions(
+                revision=spec.revision,
+                trust_remote_code=s.trust_remote_code,
+                attn_implementation=s.attn_implementation,
+            ),
+        }
+        if spec.kind == "classifier":
+            assert spec.path is not None  # the spec's validation guarantees it
+            return load_classifier(spec.path, **common)
+        assert spec.policy is not None and spec.reference is not None
+        return load_engine(spec.policy, spec.reference, **common)
 
-    async def switch_models(self, policy: Path, reference: Path) -> None:
-        """Loads a new pair beside the serving one, then swaps it in. Requests already tokenized finish on
-        the pair they started with; new requests get the new pair. A pair that fails to load changes
-        nothing."""
+    async def switch_model(self, name: str, spec: ModelSpec) -> None:
+        """Loads a new version of model ``name`` beside the serving one, then swaps it in. Requests already
+        tokenized finish on the model they started with; new requests get the new one. A model that fails
+        to load changes nothing."""
         async with self._switch_lock:
-            engine = await asyncio.to_thread(self.load_engine, policy, reference)
-            old_generator = self.generator
-            self.policy_path, self.reference_path = policy, reference
-            self._install(engine, None)
+            model = await asyncio.to_thread(self.load_model, spec)
+            first = self.first_slot().spec.name == name
+            old_generator = self.generator if first else None
+            self._install(self.slots[name], model, spec)
             if old_generator is not None:
                 await old_generator.aclose()
 
-    def _install(self, engine: Any, generator: Any) -> None:
-        self.engine = engine
-        self.generator = generator or self._build_generator(engine)
-        self._ready.set()
-        log.info(
-            "models loaded: %s (policy) and %s (reference); scoring on %s",
-            self.policy_path,
-            self.reference_path,
-            engine.describe(),
-        )
+    def _install(self, slot: ModelSlot, model: RewardModel, spec: ModelSpec | None = None) -> None:
+        slot.spec = spec or slot.spec
+        slot.loaded = LoadedModel(slot.spec.name, slot.spec, model)
+        slot.error = None
+        if slot is self.first_slot():
+            self.generator = self._build_generator(model)
+        sources = ", ".join(f"{role} {value}" for role, value in slot.spec.sources.items())
+        log.info("model %r loaded (%s); scoring on %s", slot.spec.name, sources, model.describe())
 
-    def _build_generator(self, engine: Any) -> Any:
+    def _build_generator(self, model: RewardModel) -> Any:
         from xlreward.service.generation import OpenAIUpstream, TransformersGenerator
 
         s = self.settings
+        tokenizer = getattr(model, "tokenizer", None)
         if s.generation_backend == "openai":
             assert s.upstream_url is not None  # settings validation guarantees it
             return OpenAIUpstream(
                 s.upstream_url,
                 model=s.upstream_model or self.model_name,
                 api_key=s.upstream_api_key,
-                tokenizer=engine.tokenizer,
+                tokenizer=tokenizer,
             )
+        policy = getattr(model, "policy", None)
+        if policy is None:  # a classifier has no language model to sample from
+            return None
         return TransformersGenerator(
-            engine.policy,
-            engine.tokenizer,
+            policy,
+            tokenizer,
             model_name=self.model_name,
             lock=self.model_lock,
-            max_length=engine.max_length,
-            stop_token_ids=engine.item_tokenizer.stop_ids,
+            max_length=model.max_length,
+            stop_token_ids=getattr(model, "item_tokenizer").stop_ids,  # noqa: B009 (an implicit model's)
         )
 
     async def stop(self) -> None:
@@ -143,53 +190,71 @@ class Runtime:
 
     @property
     def model_name(self) -> str:
-        return self.settings.model_name or self.policy_path.resolve().name
+        """The generation model's reported name: the setting, else the first model's policy's last part."""
+        if self.settings.model_name:
+            return self.settings.model_name
+        spec = self.first_slot().spec
+        source = spec.policy or spec.path or spec.name
+        return source.rstrip("/").rsplit("/", 1)[-1]
 
-    # --- readiness ---------------------------------------------------------------------------------
+    # --- models and readiness ----------------------------------------------------------------------
+
+    def first_slot(self) -> ModelSlot:
+        return next(iter(self.slots.values()))
+
+    def slot(self, name: str | None) -> ModelSlot:
+        """The slot a request names (None: the first); 404 naming the models there are."""
+        if name is None:
+            return self.first_slot()
+        if name not in self.slots:
+            raise ServiceError(
+                404,
+                "unknown_model",
+                f"no model named {name!r} is served here; the models are: {', '.join(self.slots)}",
+            )
+        return self.slots[name]
+
+    def require_model(self, name: str | None) -> LoadedModel:
+        """The loaded model a request names; 503 while it loads or if it failed to."""
+        slot = self.slot(name)
+        if slot.loaded is not None:
+            return slot.loaded
+        message = (
+            f"model {slot.spec.name!r} failed to load: {slot.error}"
+            if slot.error
+            else f"model {slot.spec.name!r} is still loading"
+        )
+        raise ServiceError(503, "not_ready", message + ": retry shortly", headers={"Retry-After": "5"})
 
     @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
+    def engine(self) -> RewardModel | None:
+        """The first model, once loaded (generation samples from its policy)."""
+        loaded = self.first_slot().loaded
+        return loaded.model if loaded is not None else None
 
     def status(self) -> tuple[bool, str]:
-        if self._load_error:
-            return False, f"the models failed to load: {self._load_error}"
-        if not self.ready:
-            return False, "the models are still loading"
+        failed = [slot for slot in self.slots.values() if slot.error]
+        loading = [slot.spec.name for slot in self.slots.values() if slot.state == "loading"]
+        if failed:
+            reasons = "; ".join(f"{slot.spec.name}: {slot.error}" for slot in failed)
+            return False, f"the models failed to load: {reasons}"
+        if loading:
+            return False, f"the models are still loading ({', '.join(loading)})"
         return True, "ready"
 
     def require_ready(self) -> None:
-        ok, message = self.status()
-        if not ok:
-            raise ServiceError(503, "not_ready", message + ": retry shortly", headers={"Retry-After": "5"})
+        """The first model (generation's) must be loaded."""
+        self.require_model(None)
 
     # --- the scheduler's runner (worker thread) ----------------------------------------------------
 
-    def _run_units(self, units: Sequence[Unit]) -> list[Any]:
-        """Per engine (two only while a model switch drains), the batch's single items run together and
-        each group runs with its prompt computed once. Returns, per unit, an ItemScore (item) or a list of
-        them (group)."""
-        from xlreward.service.scoring.packing import score_packed
-        from xlreward.service.scoring.prefix import score_shared_prefix
-
-        results: list[Any] = [None] * len(units)
-        engines = {id(unit.payload.engine): unit.payload.engine for unit in units}
+    def _run_units(self, units: Sequence[Unit], plan: BatchPlan) -> list[Any]:
+        """Runs one batch's plan (units of one model); per unit, its item's score or its group's scores."""
+        assert isinstance(plan, ModelBatchPlan)
+        model: RewardModel = units[0].model.model
         with self.model_lock:
-            for key, engine in engines.items():
-                mine = [i for i, unit in enumerate(units) if id(unit.payload.engine) == key]
-                if engine.config.packed:  # items and groups share rows
-                    groups = [
-                        units[i].payload.items if units[i].is_group else [units[i].payload.items]
-                        for i in mine
-                    ]
-                    for index, scores in zip(mine, score_packed(engine, groups), strict=True):
-                        results[index] = scores if units[index].is_group else scores[0]
-                    continue
-                singles = [i for i in mine if not units[i].is_group]
-                scores = engine.score_tokenized([units[i].payload.items for i in singles])
-                for index, score in zip(singles, scores, strict=True):
-                    results[index] = score
-                for index in mine:
-                    if units[index].is_group:
-                        results[index] = score_shared_prefix(engine, units[index].payload.items)
-        return results
+            scores: list[list[ItemReward]] = model.run(plan.plan)
+        return [
+            unit_scores if unit.is_group else unit_scores[0]
+            for unit, unit_scores in zip(units, scores, strict=True)
+        ]

@@ -1,10 +1,16 @@
 """Cross-request dynamic batching: one loop, testable without HTTP.
 
 Requests (``Ticket``) arrive from the event loop as lists of work units: a single item, or a group of
-responses sharing one prompt. A worker thread closes a batch when the padded-token budget is full or the
-oldest unit has waited ``batch_wait`` seconds, fills it fairly (round-robin over tenants, one unit per
+responses sharing one prompt, each for one model. A worker thread closes a batch when its plan is full or
+the oldest unit has waited ``batch_wait`` seconds, fills it fairly (round-robin over tenants, one unit per
 turn, so a tenant with ten thousand queued items cannot hold back another tenant's one), runs it, and hands
 each request its results when its last unit is done.
+
+A batch holds units of one model, and the model's own planner decides what fits (``BatchPlan``): the
+scheduler offers it units until one does not fit, and the runner runs that plan as it is, so one
+scheduler batch is one forward plan and the batch metrics report what ran. Units without a model
+(``Unit.model`` None, the scheduler's own tests) are planned by ``LengthBudget``: rows x longest row
+within ``max_batch_tokens``.
 
 Every ticket ends exactly once: with its results, or with an error (queue full, deadline passed, cancelled
 by a disconnecting client, shut down, or a failed forward). Nothing is dropped silently.
@@ -13,14 +19,13 @@ by a disconnecting client, shut down, or a failed forward). Nothing is dropped s
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 Result = TypeVar("Result")
 
@@ -51,16 +56,52 @@ class ShuttingDown(SchedulerError):
 
 @dataclass(frozen=True)
 class Unit:
-    """What the scheduler batches: ``lengths`` of the sequences it holds (one, or a group's responses)
-    and an opaque payload for the runner."""
+    """What the scheduler batches: ``lengths`` of the sequences it holds (one, or a group's responses),
+    an opaque payload for the runner, and the model it is for (batches hold units of one model)."""
 
     payload: Any
     lengths: tuple[int, ...]
     is_group: bool = False
+    model: Any = None  # a ``PlannedModel``; None: planned by ``LengthBudget``
 
     @property
     def size(self) -> int:
         return len(self.lengths)
+
+
+class BatchPlan(Protocol):
+    """What a batch will run: takes units while they fit (the first always does)."""
+
+    @property
+    def padded_tokens(self) -> int: ...
+
+    def add(self, unit: Unit) -> bool: ...
+
+
+class PlannedModel(Protocol):
+    name: str
+
+    def new_batch_plan(self) -> BatchPlan: ...
+
+
+class LengthBudget:
+    """Rows x longest row within ``max_tokens``: the plan of units that name no model."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.rows = 0
+        self.longest = 0
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.rows * self.longest
+
+    def add(self, unit: Unit) -> bool:
+        longest = max(self.longest, *unit.lengths)
+        if self.rows and (self.rows + unit.size) * longest > self.max_tokens:
+            return False
+        self.rows, self.longest = self.rows + unit.size, longest
+        return True
 
 
 @dataclass(eq=False)
@@ -117,14 +158,16 @@ class BatchEntry:
 
 @dataclass(frozen=True)
 class BatchStats:
+    model: str
     items: int
-    padded_tokens: int
+    padded_tokens: int  # what the batch's plan ran: positions per model side, padding included
     requests: int
     tenants: tuple[str, ...]
     seconds: float  # the runner's time on the batch (the models' busy time)
 
 
-Runner = Callable[[Sequence[Unit]], Sequence[Any]]
+# Runs a batch's units as its plan planned them; one result per unit.
+Runner = Callable[[Sequence[Unit], BatchPlan], Sequence[Any]]
 Observer = Callable[[BatchStats], None]
 
 
@@ -230,13 +273,14 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch()
+            if taken is None:
                 return
-            if batch:
-                self._run(batch)
+            batch, plan = taken
+            if batch and plan is not None:
+                self._run(batch, plan)
 
-    def _next_batch(self) -> list[BatchEntry] | None:
+    def _next_batch(self) -> tuple[list[BatchEntry], BatchPlan | None] | None:
         with self._lock:
             while not self._queues.items and not self._stopping:
                 self._lock.wait()
@@ -244,36 +288,42 @@ class Scheduler:
                 self._fail_all(ShuttingDown("the server is shutting down: retry against another replica"))
                 return None
             self._wait_to_fill()
-            batch = self._take()
+            taken = self._take()
             self._oldest = time.monotonic() if self._queues.items else None
-            return batch
+            return taken
 
     def _wait_to_fill(self) -> None:
-        """Hold the batch open until the budget is full or the oldest unit has waited long enough."""
+        """Hold the batch open until its plan is full or the oldest unit has waited long enough."""
         close_at = (self._oldest or time.monotonic()) + self._batch_wait
-        while not self._stopping and self._queued_padded_tokens() < self._max_batch_tokens:
+        while not self._stopping and not self._plan_is_full():
             left = close_at - time.monotonic()
             if left <= 0:
                 return
             self._lock.wait(timeout=left)
 
-    def _queued_padded_tokens(self) -> int:
-        longest = 0
-        count = 0
+    def _new_plan(self, unit: Unit) -> BatchPlan:
+        return LengthBudget(self._max_batch_tokens) if unit.model is None else unit.model.new_batch_plan()
+
+    def _plan_is_full(self) -> bool:
+        """Whether the queued units of the first queued unit's model already fill a plan."""
+        plan: BatchPlan | None = None
+        model = None
         for queue in self._queues.by_tenant.values():
             for entry in queue:
-                longest = max(longest, *entry.unit.lengths)
-                count += entry.unit.size
-                if count * longest >= self._max_batch_tokens:
-                    return count * longest
-        return count * longest
+                if plan is None:
+                    plan, model = self._new_plan(entry.unit), entry.unit.model
+                if entry.unit.model is model and not plan.add(entry.unit):
+                    return True
+        return False
 
-    def _take(self) -> list[BatchEntry]:
-        """Fill one batch: round-robin over tenants, one unit per turn, within the padded-token budget.
-        A tenant whose next unit does not fit sits out the rest of this batch (its queue stays FIFO).
-        Units of tickets that already ended (cancelled, past their deadline) are dropped, never run."""
+    def _take(self) -> tuple[list[BatchEntry], BatchPlan | None]:
+        """Fill one batch: round-robin over tenants, one unit per turn, as far as the plan of the first
+        unit's model takes them. A tenant whose next unit does not fit, or is for another model, sits out
+        the rest of this batch (its queue stays FIFO). Units of tickets that already ended (cancelled, past
+        their deadline) are dropped, never run."""
         batch: list[BatchEntry] = []
-        count, longest = 0, 0
+        plan: BatchPlan | None = None
+        model = None
         now = time.monotonic()
         order = self._queues.tenants_in_turn()
         blocked: set[str] = set()
@@ -289,19 +339,19 @@ class Scheduler:
                     entry.ticket.finish(DeadlineExceeded("the request's deadline passed while it was queued"))
                     added = True
                     continue
-                grown = max(longest, *entry.unit.lengths)
-                if batch and (count + entry.unit.size) * grown > self._max_batch_tokens:
+                if plan is None:
+                    plan, model = self._new_plan(entry.unit), entry.unit.model
+                if entry.unit.model is not model or not plan.add(entry.unit):
                     blocked.add(tenant)
                     continue
                 batch.append(self._queues.pop(tenant))
-                count, longest = count + entry.unit.size, grown
                 added = True
-        return batch
+        return batch, plan
 
-    def _run(self, batch: list[BatchEntry]) -> None:
+    def _run(self, batch: list[BatchEntry], plan: BatchPlan) -> None:
         started = time.monotonic()
         try:
-            results = self._runner([entry.unit for entry in batch])
+            results = self._runner([entry.unit for entry in batch], plan)
             if len(results) != len(batch):
                 raise RuntimeError(f"the runner returned {len(results)} results for {len(batch)} units")
         except Exception as error:  # a failed forward fails its tickets, never the loop
@@ -313,7 +363,7 @@ class Scheduler:
         items = sum(entry.unit.size for entry in batch)
         self._items_per_second = 0.8 * self._items_per_second + 0.2 * items / elapsed
         if self._observer is not None:  # before the answers go out, so /metrics already counts this batch
-            self._observer(self._stats(batch, elapsed))
+            self._observer(self._stats(batch, plan, elapsed))
         with self._lock:
             for entry, result in zip(batch, results, strict=True):
                 ticket = entry.ticket
@@ -322,12 +372,13 @@ class Scheduler:
                 if ticket.remaining == 0:
                     ticket.finish()
 
-    def _stats(self, batch: list[BatchEntry], seconds: float) -> BatchStats:
-        lengths = list(itertools.chain.from_iterable(entry.unit.lengths for entry in batch))
+    def _stats(self, batch: list[BatchEntry], plan: BatchPlan, seconds: float) -> BatchStats:
+        model = batch[0].unit.model
         tickets = {id(entry.ticket): entry.ticket.tenant for entry in batch}
         return BatchStats(
-            items=len(lengths),
-            padded_tokens=len(lengths) * max(lengths),
+            model=model.name if model is not None else "-",
+            items=sum(entry.unit.size for entry in batch),
+            padded_tokens=plan.padded_tokens,
             requests=len(tickets),
             tenants=tuple(sorted(set(tickets.values()))),
             seconds=seconds,

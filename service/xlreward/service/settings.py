@@ -10,8 +10,12 @@ import ipaddress
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from xlreward.service.choices import DeviceName, DtypeName
+from xlreward.service.model_source import check_model_name
+from xlreward.service.models_config import ModelSpec, load_models_file, single_pair
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -33,12 +37,22 @@ class ServiceSettings(BaseSettings):
         env_prefix="XLREWARD_", extra="forbid", validate_default=True, allow_inf_nan=False
     )
 
-    # Models
-    policy: Path = Field(description="folder of the DPO (policy) checkpoint")
-    reference: Path = Field(description="folder of the reference checkpoint")
-    model_name: str | None = Field(default=None, description="reported model name")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Models: one implicit pair (named "default"), or a models file
+    policy: str | None = Field(default=None, description="the DPO (policy) checkpoint: hub id or folder")
+    reference: str | None = Field(default=None, description="the reference checkpoint: hub id or folder")
+    models: Path | None = Field(
+        default=None, description="a TOML file of named reward models (instead of --policy/--reference)"
+    )
+    revision: str | None = Field(default=None, description="hub revision of --policy and --reference")
+    trust_remote_code: bool = Field(default=False, description="run model code from the checkpoints")
+    attn_implementation: str | None = Field(
+        default=None, description="transformers' attention implementation (sdpa, eager, flash_attention_2)"
+    )
+    model_name: str | None = Field(default=None, description="reported generation model name")
+    device: DeviceName = Field(default="auto", description="where models run")
+    dtype: DtypeName = Field(
+        default="auto", description="model weights' dtype; auto = bfloat16 on GPU, float32 on CPU"
+    )
     beta: float = Field(default=0.1, ge=0, description="default reward scale; a request may override it")
     raw: bool = Field(default=False, description="no chat template (base models)")
     system_prompt: str | None = None
@@ -77,14 +91,41 @@ class ServiceSettings(BaseSettings):
     upstream_api_key: str | None = None
     default_max_tokens: int = Field(default=256, ge=1, description="for OpenAI requests without max_tokens")
 
+    @field_validator("policy", "reference", mode="before")
+    @classmethod
+    def _path_as_name(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
     @field_validator("policy", "reference")
     @classmethod
-    def _is_folder(cls, value: Path) -> Path:
-        if not value.is_dir():
-            raise ValueError(
-                f"{value} is not a folder: give a checkpoint folder with config, weights and tokenizer"
-            )
+    def _names_a_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:  # a missing folder fails here, before anything loads
+                check_model_name(value, what=f"--{info.field_name}")
+            except FileNotFoundError as error:
+                raise ValueError(str(error)) from None
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> Self:
+        pair = self.policy is not None or self.reference is not None
+        if self.models is not None and pair:
+            raise ValueError("give either --models FILE or --policy and --reference, not both")
+        if self.models is None and (self.policy is None or self.reference is None):
+            raise ValueError(
+                "no models: give --policy and --reference (XLREWARD_POLICY, XLREWARD_REFERENCE), or "
+                "--models FILE (XLREWARD_MODELS)"
+            )
+        if self.models is not None:
+            self.model_specs()  # a bad file fails here, naming the file
+        return self
+
+    def model_specs(self) -> list[ModelSpec]:
+        """The served models in order; the first is the default."""
+        if self.models is not None:
+            return load_models_file(self.models)
+        assert self.policy is not None and self.reference is not None
+        return [single_pair(self.policy, self.reference, self.revision)]
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

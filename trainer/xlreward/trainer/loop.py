@@ -16,12 +16,20 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from xlreward.service.choices import DeviceName, DtypeName
 from xlreward.service.process import serve_process
+from xlreward.trainer.options import (
+    TrainOptions,
+    option_help,
+    option_problems,
+    option_types,
+    per_iteration_options,
+)
 
 READY_TIMEOUT_S = 600.0
 SWITCH_TIMEOUT_S = 1800.0
@@ -40,19 +48,35 @@ class AnnotateSection(BaseModel):
     reward_mode: Literal["cross_lingual", "monolingual"] | None = None
 
 
-class TrainSection(BaseModel):
+class TrainSectionBase(BaseModel):
+    """What every ``[train]`` section is: no unknown keys, values checked as ``xlreward train`` checks them
+    (at load time, not after an iteration's annotation)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    beta: float = 0.1
-    nll_weight: float = 1.0
-    lr: float = 1e-7
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 8
-    max_length: int = 2048
-    lora: bool = False
-    seed: int = 42
+    @model_validator(mode="after")
+    def _values_work(self) -> Self:
+        problems = option_problems(self.model_dump(), name=lambda option: f"[train] {option}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _train_section() -> type[TrainSectionBase]:
+    """``[train]``: the options of ``xlreward train`` (TrainOptions' declaration: same names, types, defaults)
+    but those the loop sets itself each iteration: pairs, policy, reference, out and device."""
+    types = option_types()
+    keys: dict[str, Any] = {
+        option.name: (types[option.name], Field(default=option.default, description=option_help(option)))
+        for option in per_iteration_options()
+    }
+    return create_model("TrainSection", __base__=TrainSectionBase, __module__=__name__, **keys)
+
+
+if TYPE_CHECKING:  # mypy cannot see generated fields; pydantic and IterateConfig get the real model
+    TrainSection = TrainSectionBase
+else:
+    TrainSection = _train_section()
 
 
 class IterateConfig(BaseModel):
@@ -79,8 +103,8 @@ class IterateConfig(BaseModel):
     broker: str | None = None
     service_url: str | None = None  # an existing server; else the loop starts one
     admin_key: str | None = None  # that server's XLREWARD_ADMIN_KEY
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: DeviceName = "auto"
+    dtype: DtypeName = "auto"
     annotate: AnnotateSection = Field(default_factory=AnnotateSection)
     train: TrainSection = Field(default_factory=TrainSection)
 
@@ -198,11 +222,11 @@ def annotate_stage(config: IterateConfig, out: Path, url: str) -> dict[str, Any]
     return run_to_completion(plan, settings, progress=lambda _: None)
 
 
-def train_stage(config: IterateConfig, out: Path, policy: Path) -> Path:
-    from xlreward.trainer.train import TrainOptions, train
-
+def train_options(config: IterateConfig, out: Path, policy: Path) -> TrainOptions:
+    """The training run of an iteration in ``out`` (its pairs next to it, in ``annotate/``), from ``policy``:
+    ``[train]`` plus what the loop sets itself."""
     reference = policy if config.train_reference == "policy" else config.sft
-    options = TrainOptions(
+    return TrainOptions(
         pairs=[out.parent / "annotate" / "pairs.jsonl"],
         policy=policy,
         reference=reference,
@@ -210,18 +234,23 @@ def train_stage(config: IterateConfig, out: Path, policy: Path) -> Path:
         device=config.device,
         **config.train.model_dump(),
     )
-    return Path(train(options).model_dir)
+
+
+def train_stage(config: IterateConfig, out: Path, policy: Path) -> Path:
+    from xlreward.trainer.train import train
+
+    return Path(train(train_options(config, out, policy)).model_dir)
 
 
 def switch_models(url: str, admin_key: str, policy: Path, reference: Path) -> None:
-    """Makes the service serve this pair (a no-op if it already does)."""
+    """Makes the service's first (default) model serve this pair (a no-op if it already does)."""
     headers = {"Authorization": f"Bearer {admin_key}"}
     body = {"policy": str(policy.resolve()), "reference": str(reference.resolve())}
     current = httpx.get(f"{url}/admin/models", headers=headers, timeout=60)
-    if current.status_code == 200 and all(
-        Path(current.json()[name]).resolve() == Path(body[name]) for name in ("policy", "reference")
-    ):
-        return
+    if current.status_code == 200:
+        served = current.json()["models"][0]
+        if all(served.get(role) and Path(served[role]).resolve() == Path(body[role]) for role in body):
+            return
     response = httpx.post(f"{url}/admin/models", json=body, headers=headers, timeout=SWITCH_TIMEOUT_S)
     if response.status_code != 200:
         raise RuntimeError(

@@ -161,6 +161,31 @@ def build_tiny_pair(root: str | Path, spec: TinySpec | None = None) -> TinyPair:
     return pair
 
 
+def build_tiny_classifier(root: str | Path, spec: TinySpec | None = None) -> Path:
+    """Builds (or finds cached) a sequence-classification reward model of ``spec`` with a one-logit head
+    (the shape TRL's RewardTrainer writes), seed ``spec.seed + 2``, under ``root``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    spec = spec or TinySpec()
+    folder = Path(root) / f"{spec.key()}-classifier"
+    if (folder / "COMPLETE").exists():
+        return folder
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = build_tokenizer(spec.template, spec.vocab_size)
+    config = build_model(spec, tokenizer, spec.seed).config
+    config.num_labels = 1
+    torch.manual_seed(spec.seed + 2)
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "COMPLETE").touch()
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build a tiny offline policy/reference pair.")
     parser.add_argument("--out", required=True, help="cache folder; the pair lands in a subfolder")

@@ -1,35 +1,53 @@
-"""Admin: which models are served, and switching to a new pair without a restart (the iteration loop
-does this after each training round). Guarded by ``admin_key``; disabled when it is not set."""
+"""Admin: which models are served, and switching one named model to new checkpoints without a restart
+(the iteration loop does this after each training round). Guarded by ``admin_key``; disabled when it is
+not set."""
 
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xlreward.service.dependencies import RuntimeDep
 from xlreward.service.errors import ERROR_RESPONSES, ServiceError
-from xlreward.service.runtime import Runtime
+from xlreward.service.model_source import check_model_name
+from xlreward.service.models_config import ModelSpec
+from xlreward.service.runtime import ModelSlot
 from xlreward.service.scoring.errors import ScoringError
 
 router = APIRouter(prefix="/admin")
 
 
-class ModelPair(BaseModel):
+class ModelSwitch(BaseModel):
+    """A new version of a served model: ``name`` (default: the first model) and its new sources, the
+    policy and reference of an implicit model or the path of a classifier (hub ids or folders)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    policy: str
-    reference: str
+    name: str | None = None
+    policy: str | None = None
+    reference: str | None = None
+    path: str | None = None
+    revision: str | None = None
 
 
-class ServedModels(ModelPair):
-    model: str
+class ServedModel(BaseModel):
+    name: str
+    kind: str
+    policy: str | None
+    reference: str | None
+    path: str | None
+    revision: str | None
+    state: str = Field(description="loading, loaded or failed")
     scoring: str | None = Field(
-        description="how the pair is scored, e.g. 'cpu, float32, padded rows'; null while it loads"
+        description="how the model scores, e.g. 'cpu, float32, padded rows'; null while it loads"
     )
+
+
+class ServedModels(BaseModel):
+    models: list[ServedModel]  # the first is the default
 
 
 def require_admin(request: Request, runtime: RuntimeDep) -> None:
@@ -51,33 +69,42 @@ def require_admin(request: Request, runtime: RuntimeDep) -> None:
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
-def served(runtime: Runtime) -> ServedModels:
-    return ServedModels(
-        policy=str(runtime.policy_path),
-        reference=str(runtime.reference_path),
-        model=runtime.model_name,
-        scoring=runtime.engine.describe() if runtime.engine is not None else None,
+def served(slot: ModelSlot) -> ServedModel:
+    spec = slot.spec
+    return ServedModel(
+        name=spec.name,
+        kind=spec.kind,
+        policy=spec.policy,
+        reference=spec.reference,
+        path=spec.path,
+        revision=spec.revision,
+        state=slot.state,
+        scoring=slot.loaded.model.describe() if slot.loaded is not None else None,
     )
 
 
 @router.get("/models", response_model=ServedModels, responses=ERROR_RESPONSES)
 async def get_models(runtime: RuntimeDep, _: AdminDep) -> ServedModels:
-    return served(runtime)
+    return ServedModels(models=[served(slot) for slot in runtime.slots.values()])
 
 
-@router.post("/models", response_model=ServedModels, responses=ERROR_RESPONSES)
-async def switch_models(body: ModelPair, runtime: RuntimeDep, _: AdminDep) -> ServedModels:
-    """Loads the new pair beside the serving one and swaps it in; answers once the new pair serves.
-    In-flight requests complete on the pair they started with."""
-    runtime.require_ready()
-    policy, reference = Path(body.policy), Path(body.reference)
-    for name, path in (("policy", policy), ("reference", reference)):
-        if not path.is_dir():
-            raise ServiceError(422, "bad_model", f"{name} {path} is not a checkpoint folder on the server")
+@router.post("/models", response_model=ServedModel, responses=ERROR_RESPONSES)
+async def switch_model(body: ModelSwitch, runtime: RuntimeDep, _: AdminDep) -> ServedModel:
+    """Loads the new version of the named model beside the serving one and swaps it in; answers once it
+    serves. In-flight requests complete on the version they started with."""
+    slot = runtime.slot(body.name)
+    runtime.require_model(slot.spec.name)
+    changes = body.model_dump(exclude={"name"}, exclude_none=True)
     try:
-        await runtime.switch_models(policy, reference)
+        spec = ModelSpec.model_validate({**slot.spec.model_dump(), "revision": None, **changes})
+        for role, source in spec.sources.items():
+            check_model_name(source, revision=spec.revision, what=role)
+    except (ValidationError, ValueError, FileNotFoundError) as error:
+        raise ServiceError(422, "bad_model", f"model {slot.spec.name!r} was not switched: {error}") from None
+    try:
+        await runtime.switch_model(slot.spec.name, spec)
     except (ScoringError, OSError, ValueError) as error:
         raise ServiceError(
-            422, "bad_model", f"the new pair did not load, the old one still serves: {error}"
+            422, "bad_model", f"the new version did not load, the old one still serves: {error}"
         ) from None
-    return served(runtime)
+    return served(runtime.slots[slot.spec.name])

@@ -71,6 +71,13 @@ async def run_generation(request: GenerateRequest, runtime: Runtime) -> Generate
             "too_many_items",
             f"the request asks for {count} completions (prompts x n) but the limit is {limit}: split it",
         )
+    if runtime.generator is None:
+        raise ServiceError(
+            400,
+            "no_generator",
+            f"the first served model ({runtime.first_slot().spec.name!r}) is a classifier, which has no "
+            "language model to sample from: list an implicit model first, or set XLREWARD_UPSTREAM_URL",
+        )
     result: GenerateResponse = await runtime.generator.generate(request)
     return result
 

@@ -1,4 +1,4 @@
-"""POST /reward: score items and groups through the cross-request scheduler."""
+"""POST /reward: score items and groups with a named reward model, through the cross-request scheduler."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from fastapi import APIRouter, Request
 from xlreward.service.dependencies import RuntimeDep, TenantDep
 from xlreward.service.errors import ERROR_RESPONSES, ServiceError, item_error
 from xlreward.service.protocol import GroupResult, RankedResult, RewardRequest, RewardResponse, Usage
-from xlreward.service.runtime import Runtime, Work
+from xlreward.service.runtime import LoadedModel
 from xlreward.service.scheduler import Cancelled, Scheduler, Ticket, Unit, wait_for_ticket
 from xlreward.service.scoring.errors import ItemError
+from xlreward.service.scoring.reward_model import ItemReward, WorkUnit
 
 router = APIRouter()
 
@@ -25,15 +26,22 @@ async def reward(
     body: RewardRequest, request: Request, runtime: RuntimeDep, tenant: TenantDep
 ) -> RewardResponse:
     """Scores ``items`` (results in input order) and ``groups`` (one prompt, several responses; the prompt
-    is computed once and the results come back ranked by reward)."""
-    runtime.require_ready()
+    is computed once and the results come back ranked by reward) with the model ``model`` names."""
+    loaded = runtime.require_model(body.model)
+    if body.beta is not None and loaded.model.beta is None:
+        raise ServiceError(
+            422,
+            "invalid_request",
+            f"beta scales an implicit reward, but model {loaded.name!r} is a {loaded.model.kind}: drop beta",
+        )
     check_size(body, runtime.settings.max_items_per_request)
-    units = tokenize(body, runtime.engine)
+    units = tokenize(body, loaded)
     timeout = runtime.settings.request_timeout_s
     ticket = runtime.scheduler.submit(tenant, units, timeout)
     scores = await wait_while_connected(request, runtime.scheduler, ticket, timeout)
-    runtime.metrics.scored_items.labels(tenant=tenant).inc(sum(unit.size for unit in units))
-    return build_response(body, scores, runtime)
+    runtime.metrics.scored_items.labels(tenant=tenant, model=loaded.name).inc(sum(u.size for u in units))
+    beta = loaded.model.beta if body.beta is None else body.beta
+    return build_response(body, scores, loaded, beta)
 
 
 def check_size(body: RewardRequest, limit: int) -> None:
@@ -47,25 +55,27 @@ def check_size(body: RewardRequest, limit: int) -> None:
         )
 
 
-def tokenize(body: RewardRequest, engine: Any) -> list[Unit]:
+def tokenize(body: RewardRequest, loaded: LoadedModel) -> list[Unit]:
     """Items and groups to scheduler units; an unscorable item fails the request, naming it. Each unit
-    carries the engine that tokenized it, so a request in flight during a model switch is scored by the
-    models it was tokenized for."""
+    carries the loaded model that tokenized it, so a request in flight during a model switch is scored by
+    the model it was tokenized for."""
+    model = loaded.model
     units = []
     for index, item in enumerate(body.items):
         try:
-            tokenized = engine.item_tokenizer(item.prompt, item.response, truncate=body.truncate)
+            tokenized = model.tokenize_pair(item.prompt, item.response, truncate=body.truncate)
         except ItemError as error:
             raise item_error(error, f"items[{index}]") from None
-        units.append(Unit(Work(engine, tokenized), (len(tokenized),)))
+        units.append(Unit(WorkUnit((tokenized,)), (len(tokenized),), model=loaded))
     for index, group in enumerate(body.groups):
         members = []
         for position, response in enumerate(group.responses):
             try:
-                members.append(engine.item_tokenizer(group.prompt, response, truncate=body.truncate))
+                members.append(model.tokenize_pair(group.prompt, response, truncate=body.truncate))
             except ItemError as error:
                 raise item_error(error, f"groups[{index}].responses[{position}]") from None
-        units.append(Unit(Work(engine, members), tuple(len(member) for member in members), is_group=True))
+        lengths = tuple(len(member) for member in members)
+        units.append(Unit(WorkUnit(tuple(members), is_group=True), lengths, is_group=True, model=loaded))
     return units
 
 
@@ -85,22 +95,27 @@ async def wait_while_connected(
             raise Cancelled("the client disconnected before its results were ready")
 
 
-def build_response(body: RewardRequest, scores: list[Any], runtime: Runtime) -> RewardResponse:
-    beta = runtime.settings.beta if body.beta is None else body.beta
+def rescaled(score: ItemReward, beta: float | None) -> ItemReward:
+    """An implicit score at the request's beta; a classifier's as it is."""
+    return dataclasses.replace(score, beta=beta) if beta is not None else score  # type: ignore[type-var]
+
+
+def build_response(
+    body: RewardRequest, scores: list[Any], loaded: LoadedModel, beta: float | None
+) -> RewardResponse:
     item_scores, group_scores = scores[: len(body.items)], scores[len(body.items) :]
     results = [
-        dataclasses.replace(score, beta=beta).to_result(item.id)
-        for item, score in zip(body.items, item_scores, strict=True)
+        rescaled(score, beta).to_result(item.id) for item, score in zip(body.items, item_scores, strict=True)
     ]
     groups = []
     for group, members in zip(body.groups, group_scores, strict=True):
-        rescaled = [dataclasses.replace(score, beta=beta) for score in members]
-        order = sorted(range(len(rescaled)), key=lambda i: rescaled[i].reward, reverse=True)
+        rescaled_members = [rescaled(score, beta) for score in members]
+        order = sorted(range(len(members)), key=lambda i: rescaled_members[i].reward, reverse=True)
         ranked = [
-            RankedResult(**rescaled[i].to_result(group.id).model_dump(), index=i, rank=rank)
+            RankedResult(**rescaled_members[i].to_result(group.id).model_dump(), index=i, rank=rank)
             for rank, i in enumerate(order)
         ]
         groups.append(GroupResult(id=group.id, results=ranked))
     every = [*item_scores, *(score for members in group_scores for score in members)]
     usage = Usage(items=len(every), scored_tokens=sum(score.num_response_tokens for score in every))
-    return RewardResponse(results=results, groups=groups, beta=beta, usage=usage)
+    return RewardResponse(results=results, groups=groups, beta=beta, usage=usage, model=loaded.name)

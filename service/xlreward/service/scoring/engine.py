@@ -1,37 +1,45 @@
-"""The scoring engine: summed response log-probs under a policy and a reference model, batched.
+"""The implicit reward model: summed response log-probs under a policy and a reference model that share a
+tokenizer, and r = beta * (policy_logp - reference_logp).
 
-Per forward batch, each model runs its backbone once to final hidden states (B, T, H); only the hidden
-states that predict scored tokens are kept (N, H), and the LM head plus a float32 log-softmax run over them
-``chunk_size`` rows at a time. A [B, T, vocab] logits tensor is never built.
-
-Batches are right-padded and run WITHOUT an attention mask: attention is causal, so a real token at position
-t only attends to positions <= t, which are all real, and the padded positions (after every real token of
-their row) are never read. Without a mask, SDPA runs its causal kernel, which skips the blocks above the
-diagonal, instead of a masked kernel that computes them all; and no (B, 1, T, T) mask is built.
+The pair is two sides of a ``core.ScoringCore`` whose reader is the LM head's float32 log-prob of the next
+token (``chunked_token_logps``: the head and log-softmax run only on the hidden states that predict scored
+tokens, ``chunk_size`` rows at a time, so a [B, T, vocab] logits tensor is never built). How the work runs
+(padded batches with shared prompts, or packed rows) is the strategy chosen once at construction
+(``strategies.strategy_for``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from xlreward.service.protocol import RewardItem, RewardResult
-from xlreward.service.scoring.batching import DEFAULT_MAX_PADDING, default_max_batch_tokens, plan_batches
+from xlreward.service.protocol import ChatMessage, RewardItem, RewardResult
+from xlreward.service.scoring.batching import DEFAULT_MAX_PADDING, default_max_batch_tokens
+from xlreward.service.scoring.core import (
+    ScoringCore,
+    Side,
+    context_length,
+    fed_length,
+    is_adapter_model,
+    model_backbone,
+    pad_id_of,
+)
 from xlreward.service.scoring.errors import ModelPairError, UnsupportedModelError
 from xlreward.service.scoring.logprobs import (
     LogitsFn,
     chunked_token_logps,
     default_chunk_size,
     implicit_reward,
-    segment_sum,
     selective_log_softmax,
     softcapped,
 )
 from xlreward.service.scoring.packed_attention import check_packing
+from xlreward.service.scoring.reward_model import ForwardPlan, ItemReward, ModelKind, Progress, Sums
+from xlreward.service.scoring.strategies import strategy_for
 from xlreward.service.scoring.templating import (
     ItemTokenizer,
     TemplateOptions,
@@ -39,7 +47,7 @@ from xlreward.service.scoring.templating import (
     end_of_turn_ids,
 )
 
-Progress = Callable[[int], None]
+__all__ = ["EngineConfig", "ItemScore", "ScoringEngine", "context_length", "fed_length", "model_backbone"]
 
 
 @dataclass(frozen=True)
@@ -104,35 +112,6 @@ class ItemScore:
         )
 
 
-@dataclass
-class _Batch:
-    """A right-padded forward batch and, flat over its scored tokens, where each one is read."""
-
-    input_ids: torch.Tensor  # (B, T), T: the longest row's positions that predict a scored token
-    attention_mask: torch.Tensor | None  # (B, T), only with ``EngineConfig.padding_mask``
-    rows: torch.Tensor  # (N,) batch row of each scored token
-    positions: torch.Tensor  # (N,) position whose logits predict it (token index - 1)
-    targets: torch.Tensor  # (N,) the scored token ids
-    num_items: int
-
-
-def fed_length(item: TokenizedItem) -> int:
-    """Positions of ``item`` the backbone must run: up to the last one that predicts a scored token
-    (token j is read at position j - 1), so the last scored token and any template text after it are never
-    fed. At least one position, so an item with nothing to score still has a row."""
-    return max(item.score_end - 1, 1)
-
-
-def context_length(model: Any) -> int:
-    """The longest sequence the model takes (its position-embedding table)."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise UnsupportedModelError(f"{type(model).__name__}: the config names no context length")
-
-
 def model_logits_fn(model: Any) -> LogitsFn:
     """The model's LM head as a function of final hidden states, with Gemma-style soft-capping if set."""
     head = model.get_output_embeddings()
@@ -151,47 +130,38 @@ def check_same_vocabulary(policy: Any, reference: Any) -> None:
         )
 
 
-def model_backbone(model: Any) -> Any:
-    """The decoder stack that produces final (normed) hidden states, without the LM head."""
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else None
-    return backbone if backbone is not None and backbone is not model else model.base_model
-
-
 @dataclass(frozen=True)
-class ScoredModel:
-    """One side of the pair as the engine runs it: the decoder stack, the LM head and the context both run
-    under. A full model runs as it is; in LoRA mode the reference is the policy's own modules with the
-    adapter switched off (``adapter_off``), so one base model in memory serves both sides."""
+class LogProbReader:
+    """An LM side's reader: the float32 log-prob of each target token from the hidden state before it,
+    the head and log-softmax run ``chunk_size`` rows at a time."""
 
-    backbone: Any
     head: LogitsFn
-    context: Callable[[], AbstractContextManager[Any]] = field(default=nullcontext)
+    chunk_size: int
 
-    @classmethod
-    def of(cls, model: Any) -> ScoredModel:
-        return cls(model_backbone(model), model_logits_fn(model))
-
-    @classmethod
-    def adapter_off(cls, model: Any) -> ScoredModel:
-        """The base model under a PEFT ``model``: the same modules, run inside ``disable_adapter()``."""
-        return cls(model_backbone(model), model_logits_fn(model), model.disable_adapter)
+    def __call__(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return chunked_token_logps(hidden, targets, self.head, self.chunk_size)  # (N,)
 
 
-def is_adapter_model(model: Any) -> bool:
-    """A PEFT model (base + adapter) that can switch its adapter off."""
-    return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
+def lm_side(
+    model: Any, chunk_size: int, context: Callable[[], AbstractContextManager[Any]] = nullcontext
+) -> Side:
+    """A causal LM as a side: its decoder stack, read by the log-prob of each target token."""
+    return Side(model_backbone(model), LogProbReader(model_logits_fn(model), chunk_size), context)
 
 
 class ScoringEngine:
-    """Scores (prompt, response) items under a policy and a reference model that share a tokenizer.
+    """The implicit reward model (``reward_model.RewardModel``): scores (prompt, response) items under a
+    policy and a reference model that share a tokenizer.
 
     Load the pair with ``xlreward.service.scoring.loading.load_engine``, which also checks that the two
     tokenizers are the same; tests and the trainer build it directly from models in memory.
 
     LoRA mode: ``reference=None`` with a PEFT ``policy`` (base + adapter) scores the reference as the same
     model with its adapter switched off: one base model in memory instead of two. ``self.reference`` is
-    then the policy object itself; ``self.sides`` says how each side runs.
+    then the policy object itself.
     """
+
+    kind: ModelKind = "implicit"
 
     def __init__(
         self,
@@ -228,35 +198,43 @@ class ScoringEngine:
             max_length=self.max_length,
             stop_ids=end_of_turn_ids(tokenizer, generation_eos),
         )
-        reference_side = ScoredModel.adapter_off(policy) if reference is None else ScoredModel.of(reference)
-        self.sides: tuple[ScoredModel, ScoredModel] = (ScoredModel.of(policy), reference_side)
-        varlen = []  # per side: packed rows run flash varlen attention (GPU, half precision)
-        for model, side in zip((self.policy, self.reference), self.sides, strict=True):
+        reference_context = policy.disable_adapter if reference is None else nullcontext
+        sides: tuple[Side, ...] = (
+            lm_side(policy, self.chunk_size),
+            lm_side(self.reference, self.chunk_size, reference_context),
+        )
+        for model, side in zip((self.policy, self.reference), sides, strict=True):
             self._check_head_reproduces_logits(model, side)  # in LoRA mode: the policy, adapter off
-            if self.config.packed:
-                with side.context():
-                    varlen.append(check_packing(side.backbone, head.shape[0], self.device))
-        self.packed_varlen: tuple[bool, ...] = tuple(varlen) or (False, False)
+        self.strategy = strategy_for(self.config.packed)
+        if self.config.packed:  # per side: packed rows run flash varlen attention (GPU, half precision)
+            sides = tuple(packing_checked(side, head.shape[0], self.device) for side in sides)
+        self.core = ScoringCore(
+            sides=sides,
+            device=self.device,
+            pad_id=pad_id_of(tokenizer),
+            max_batch_tokens=self.max_batch_tokens,
+            chunk_size=self.chunk_size,
+            max_padding=self.config.max_padding,
+            padding_mask=self.config.padding_mask,
+        )
+
+    @property
+    def sides(self) -> tuple[Side, ...]:
+        return self.core.sides
+
+    @property
+    def beta(self) -> float | None:
+        return self.config.beta
+
+    @property
+    def packed_varlen(self) -> tuple[bool, ...]:
+        return tuple(side.varlen for side in self.sides)
 
     def describe(self) -> str:
         """How this engine scores, in one line: the server's start-up log, ``/admin/models`` and the score
         CLI all say it in these words, e.g. "cuda, bfloat16, packed rows (flash varlen attention), LoRA
         mode (reference = adapter off)"."""
-        dtype = str(self.dtype).removeprefix("torch.")
-        if self.config.packed:
-            kernels = [
-                "flash varlen attention" if varlen else "per-sequence attention"
-                for varlen in self.packed_varlen
-            ]
-            policy, reference = kernels
-            # One side may have fallen back to the loop at start-up (check_packing).
-            attention = (
-                policy if policy == reference else f"{policy} for the policy, {reference} for the reference"
-            )
-            rows = f"packed rows ({attention})"
-        else:
-            rows = "padded rows"
-        parts = [self.device.type, dtype, rows]
+        parts = [self.device.type, str(self.dtype).removeprefix("torch."), rows_description(self)]
         if self.lora_mode:
             parts.append("LoRA mode (reference = adapter off)")
         return ", ".join(parts)
@@ -264,6 +242,20 @@ class ScoringEngine:
     def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
         """Token ids and scored span of one item; raises ``ItemError`` saying what to fix."""
         return self.item_tokenizer(item.prompt, item.response, truncate=truncate)
+
+    def tokenize_pair(
+        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+    ) -> TokenizedItem:
+        return self.item_tokenizer(prompt, response, truncate=truncate)
+
+    def new_plan(self) -> ForwardPlan:
+        return self.strategy.new_plan(self.core)
+
+    def run(self, plan: ForwardPlan) -> list[list[ItemReward]]:
+        return [
+            list(self.item_scores(unit_sums, unit.items))
+            for unit_sums, unit in zip(plan.run(), plan.units, strict=True)
+        ]
 
     def score(self, items: Sequence[RewardItem], progress: Progress | None = None) -> list[RewardResult]:
         """Scores items, results in input order (ids carried over)."""
@@ -274,72 +266,25 @@ class ScoringEngine:
     def score_tokenized(
         self, items: Sequence[TokenizedItem], progress: Progress | None = None
     ) -> list[ItemScore]:
-        """Scores tokenized items in length-grouped batches (packed rows with ``packed``); results in
-        input order."""
-        if self.config.packed:
-            from xlreward.service.scoring.packing import score_packed  # it builds on this module
+        """Scores tokenized items with the engine's strategy; results in input order."""
+        return self.item_scores(self.strategy.score_items(self.core, items, progress), items)
 
-            return [group[0] for group in score_packed(self, [[item] for item in items], progress)]
-        results: list[ItemScore | None] = [None] * len(items)
-        lengths = [fed_length(item) for item in items]
-        for indices in plan_batches(lengths, self.max_batch_tokens, self.config.max_padding):
-            batch_items = [items[i] for i in indices]
-            for index, score in zip(indices, self._score_batch(batch_items), strict=True):
-                results[index] = score
-            if progress is not None:
-                progress(len(indices))
-        return [score for score in results if score is not None]
+    def score_groups(
+        self, groups: Sequence[Sequence[TokenizedItem]], progress: Progress | None = None
+    ) -> list[list[ItemScore]]:
+        """Scores groups of responses to one prompt each (the prompt run once); per group, in order."""
+        sums = self.strategy.score_groups(self.core, groups, progress)
+        return [self.item_scores(group_sums, group) for group_sums, group in zip(sums, groups, strict=True)]
 
-    @torch.inference_mode()
-    def _score_batch(self, items: Sequence[TokenizedItem]) -> list[ItemScore]:
-        batch = self._collate(items)
-        segments = batch.rows  # one row per item, so a token's row is its item
-        # Sum in float64: a float32 running sum over thousands of tokens drifts by ~1e-3.
-        sums = [
-            segment_sum(self._token_logps(side, batch).double(), segments, batch.num_items).tolist()
-            for side in self.sides
-        ]
+    def item_scores(self, sums: Sequence[Sums], items: Sequence[TokenizedItem]) -> list[ItemScore]:
+        """A strategy's per-item (policy, reference) sums as scores."""
         return [
             ItemScore(policy, reference, item.num_scored, self.config.beta, item.truncated)
-            for policy, reference, item in zip(*sums, items, strict=True)
+            for (policy, reference), item in zip(sums, items, strict=True)
         ]
 
-    def _collate(self, items: Sequence[TokenizedItem]) -> _Batch:
-        lengths = [fed_length(item) for item in items]
-        width = max(lengths)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        rows: list[int] = []
-        positions: list[int] = []
-        targets: list[int] = []
-        for row, (item, length) in enumerate(zip(items, lengths, strict=True)):
-            input_ids[row, :length] = torch.tensor(item.input_ids[:length], dtype=torch.long)
-            attention_mask[row, :length] = 1
-            rows.extend([row] * item.num_scored)
-            positions.extend(range(item.score_start - 1, item.score_end - 1))
-            targets.extend(item.input_ids[item.score_start : item.score_end])
-        return _Batch(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device) if self.config.padding_mask else None,
-            rows=torch.tensor(rows, dtype=torch.long, device=self.device),
-            positions=torch.tensor(positions, dtype=torch.long, device=self.device),
-            targets=torch.tensor(targets, dtype=torch.long, device=self.device),
-            num_items=len(items),
-        )
-
-    def _token_logps(self, side: ScoredModel, batch: _Batch) -> torch.Tensor:
-        """(N,) float32 log-probs of the batch's scored tokens under one side of the pair."""
-        with side.context():
-            out = side.backbone(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            )
-            hidden = out.last_hidden_state  # (B, T, H)
-            picked = hidden[batch.rows, batch.positions]  # (N, H)
-            return chunked_token_logps(picked, batch.targets, side.head, self.chunk_size)
-
     @torch.inference_mode()
-    def _check_head_reproduces_logits(self, model: Any, side: ScoredModel) -> None:
+    def _check_head_reproduces_logits(self, model: Any, side: Side) -> None:
         """Refuse architectures whose forward changes logits after the LM head in a way we do not apply
         (a logit scale, say): compare our path with the model's own logits on a short sequence."""
         length = min(16, self.max_length)
@@ -348,7 +293,7 @@ class ScoringEngine:
         with side.context():
             full = selective_log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1], ids[0, 1:])
             hidden = side.backbone(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
-            ours = chunked_token_logps(hidden, ids[0, 1:], side.head, self.chunk_size)
+            ours = side.read(hidden, ids[0, 1:])
         tolerance = 1e-3 if hidden.dtype == torch.float32 else 0.1
         gap = (full - ours).abs().max().item()
         if gap > tolerance:
@@ -357,3 +302,21 @@ class ScoringEngine:
                 f"model's own logits by {gap:.3g}; this architecture post-processes its logits in a way the "
                 "scoring engine does not reproduce"
             )
+
+
+def packing_checked(side: Side, vocab_size: int, device: torch.device) -> Side:
+    """The side after the start-up packing check (``check_packing``): whether its packed rows run flash
+    varlen attention; raises for a model that does not pack exactly."""
+    with side.context():
+        return replace(side, varlen=check_packing(side.backbone, vocab_size, device))
+
+
+def rows_description(model: Any) -> str:
+    """'padded rows', or 'packed rows (...)' naming each side's attention path (one side may have fallen
+    back to the per-segment loop at start-up)."""
+    if model.strategy.rows != "packed rows":
+        return str(model.strategy.rows)
+    kernels = ["flash varlen attention" if side.varlen else "per-sequence attention" for side in model.sides]
+    if len(set(kernels)) == 1:
+        return f"packed rows ({kernels[0]})"
+    return f"packed rows ({kernels[0]} for the policy, {kernels[1]} for the reference)"

@@ -1,30 +1,52 @@
-"""Loading a policy/reference pair from checkpoint folders, and checking that they can be scored together.
+"""Loading reward models the way users name them, and checking that a pair can be scored together.
 
-Everything loads from local folders only (``local_files_only``): a scoring job never reaches a model hub.
+A model is a local folder or a Hugging Face id with an optional revision (``model_source.resolve_model``:
+the hub cache first, ``HF_HUB_OFFLINE`` honoured with a message that says how to fetch what is missing).
+Once resolved, everything loads from that folder (``local_files_only``). Remote code is off unless asked
+for (``trust_remote_code``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from xlreward.service.choices import DeviceName, DtypeName
+from xlreward.service.model_source import resolve_model
+from xlreward.service.scoring.classifier import ClassifierRewardModel
 from xlreward.service.scoring.engine import EngineConfig, ScoringEngine
 from xlreward.service.scoring.errors import ModelPairError
 from xlreward.service.scoring.templating import TemplateOptions
 
-DeviceName = Literal["auto", "cpu", "cuda"]
-DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(device: DeviceName) -> torch.device:
+@dataclass(frozen=True)
+class LoadOptions:
+    """How checkpoints load, for every model of a run: the hub revision, remote code, the attention
+    implementation (None: transformers' default)."""
+
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
+        if self.attn_implementation:
+            extra["attn_implementation"] = self.attn_implementation
+        return extra
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; refuses CUDA that torch cannot see."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but torch sees no CUDA device: use --device cpu")
     return torch.device(device)
 
 
@@ -35,16 +57,30 @@ def resolve_dtype(dtype: DtypeName, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, options: LoadOptions | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    trust = (options or LoadOptions()).trust_remote_code
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
 
 
-def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype) -> Any:
+def load_causal_lm(
+    path: str | Path, device: torch.device, dtype: torch.dtype, options: LoadOptions | None = None
+) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    extra = (options or LoadOptions()).from_pretrained_kwargs()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **extra)
+    return model.to(device).eval()
+
+
+def load_sequence_classifier(
+    path: str | Path, device: torch.device, dtype: torch.dtype, options: LoadOptions | None = None
+) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    extra = (options or LoadOptions()).from_pretrained_kwargs()
+    model: Any = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, **extra)
     return model.to(device).eval()
 
 
@@ -96,32 +132,58 @@ def load_adapter_policy(adapter_dir: str | Path, base: Any) -> Any:
 
 
 def load_engine(
-    policy_dir: str | Path,
-    reference_dir: str | Path,
+    policy_name: str | Path,
+    reference_name: str | Path,
     *,
     device: DeviceName = "auto",
     dtype: DtypeName = "auto",
     template: TemplateOptions | None = None,
     config: EngineConfig | None = None,
+    options: LoadOptions | None = None,
 ) -> ScoringEngine:
-    """Loads both models and their tokenizers, checks they fit together, and builds the engine.
+    """Loads both models (folders or hub ids) and their tokenizers, checks they fit together, and builds
+    the implicit reward model.
 
-    LoRA mode: when ``policy_dir`` is an adapter folder, ``reference_dir`` must be the base model it was
-    trained on. The base is loaded once; the policy is base + adapter and the reference is the same model
-    with the adapter switched off (half the weights in memory of two full models)."""
-    for name, path in (("policy", policy_dir), ("reference", reference_dir)):
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"--{name} {path}: no such checkpoint folder")
+    LoRA mode: when the policy is an adapter folder, the reference must be the base model it was trained
+    on. The base is loaded once; the policy is base + adapter and the reference is the same model with the
+    adapter switched off (half the weights in memory of two full models)."""
+    options = options or LoadOptions()
+    policy_dir, reference_dir = (
+        resolve_model(
+            str(name), revision=options.revision, what=flag, trust_remote_code=options.trust_remote_code
+        ).folder
+        for name, flag in ((policy_name, "--policy"), (reference_name, "--reference"))
+    )
     adapter = is_adapter_folder(policy_dir)
-    reference_tokenizer = load_tokenizer(reference_dir)
+    reference_tokenizer = load_tokenizer(reference_dir, options)
     has_own_tokenizer = not adapter or (Path(policy_dir) / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(policy_dir) if has_own_tokenizer else reference_tokenizer
+    tokenizer = load_tokenizer(policy_dir, options) if has_own_tokenizer else reference_tokenizer
     check_same_tokenizer(tokenizer, reference_tokenizer)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    reference = load_causal_lm(reference_dir, torch_device, torch_dtype)
+    reference = load_causal_lm(reference_dir, torch_device, torch_dtype, options)
     if adapter:
         policy = load_adapter_policy(policy_dir, reference).to(torch_device)
         return ScoringEngine(policy, None, tokenizer, template=template, config=config)
-    policy = load_causal_lm(policy_dir, torch_device, torch_dtype)
+    policy = load_causal_lm(policy_dir, torch_device, torch_dtype, options)
     return ScoringEngine(policy, reference, tokenizer, template=template, config=config)
+
+
+def load_classifier(
+    name: str | Path,
+    *,
+    device: DeviceName = "auto",
+    dtype: DtypeName = "auto",
+    template: TemplateOptions | None = None,
+    config: EngineConfig | None = None,
+    options: LoadOptions | None = None,
+) -> ClassifierRewardModel:
+    """Loads a sequence-classification reward model (folder or hub id) and its tokenizer."""
+    options = options or LoadOptions()
+    folder = resolve_model(
+        str(name), revision=options.revision, what="path", trust_remote_code=options.trust_remote_code
+    ).folder
+    torch_device = resolve_device(device)
+    model = load_sequence_classifier(folder, torch_device, resolve_dtype(dtype, torch_device), options)
+    tokenizer = load_tokenizer(folder, options)
+    return ClassifierRewardModel(model, tokenizer, template=template, config=config)

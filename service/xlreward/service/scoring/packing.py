@@ -3,12 +3,11 @@
 Each row holds whole groups, or parts of them (``batching.plan_packed_rows``): a group of responses to one
 prompt is its prompt once, as one segment, then each response's suffix as a segment that sees the prompt
 (``packed_attention.Segment.context``); a lone item is one plain causal segment. Each model runs the row
-once through ``packed_attention``; the LM head and float32 log-softmax then run on the scored positions
-only (``chunked_token_logps``), and sums are float64. Scores equal ``score_tokenized``'s and
-``score_shared_prefix``'s to float rounding: the same causal attention over the same keys, the same
-positions, the same LM-head path.
+once through ``packed_attention``; each side's reader then runs on the read positions only, and sums are
+float64. Sums equal ``padded.score_padded``'s and ``prefix.score_shared_prefix``'s to float rounding: the
+same causal attention over the same keys, the same positions, the same reader.
 
-Which positions are fed: as in ``prefix`` and ``engine.fed_length``, scoring token j reads position j - 1,
+Which positions are fed: as in ``prefix`` and ``core.fed_length``, scoring token j reads position j - 1,
 so an item's positions up to ``score_end - 1`` are fed and nothing after; a group's members feed
 ``input_ids[P : score_end - 1]`` on top of the prompt's ``input_ids[:P]``.
 """
@@ -21,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from xlreward.service.scoring.batching import PackedPart, plan_packed_rows
-from xlreward.service.scoring.engine import ItemScore, ScoringEngine
-from xlreward.service.scoring.logprobs import chunked_token_logps
+from xlreward.service.scoring.core import ScoringCore
 from xlreward.service.scoring.packed_attention import Segment, VarlenIndex, packed_forward
 from xlreward.service.scoring.prefix import shared_prefix_length, suffix_length
+from xlreward.service.scoring.reward_model import Sums
 from xlreward.service.scoring.templating import TokenizedItem
 
 
@@ -91,33 +90,30 @@ def plan_packed(groups: Sequence[Sequence[TokenizedItem]], max_row_tokens: int) 
 
 
 def score_packed(
-    engine: ScoringEngine,
+    core: ScoringCore,
     groups: Sequence[Sequence[TokenizedItem]],
+    plan: PackedPlan | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[list[ItemScore]]:
-    """Scores groups of items in packed rows; per group, its items' scores in order. ``progress`` is told
-    how many items each row finished.
+) -> list[list[Sums]]:
+    """Scores groups of items in packed rows; per group, per item in order, the sum of its read values
+    under each side. ``progress`` is told how many items each row finished.
 
     A group of two or more items must share a prompt (``prefix.shared_prefix_length`` says what it
-    refuses); a group of one is an item on its own. Rows hold at most ``engine.max_batch_tokens`` positions
-    (real ones: a packed row has no padding)."""
-    plan = plan_packed(groups, engine.max_batch_tokens)
+    refuses); a group of one is an item on its own. Rows hold at most ``core.max_batch_tokens`` positions
+    (real ones: a packed row has no padding). ``plan``: from ``plan_packed`` (made here when not given)."""
+    plan = plan or plan_packed(groups, core.max_batch_tokens)
     starts = [0]  # flat index of each group's first item
     for group in groups:
         starts.append(starts[-1] + len(group))
-    sums = [torch.zeros(starts[-1], dtype=torch.float64, device=engine.device) for _ in engine.sides]
+    sums = [torch.zeros(starts[-1], dtype=torch.float64, device=core.device) for _ in core.sides]
     for parts in plan.rows:
         row = _build_row(parts, groups, plan, starts)
-        _add_row_sums(engine, row, sums)
+        _add_row_sums(core, row, sums)
         if progress is not None:
             progress(sum(len(part.members) for part in parts))  # a member is in one row only
-    flat = [item for group in groups for item in group]
-    policy, reference = (values.tolist() for values in sums)
-    scores = [
-        ItemScore(p, r, item.num_scored, engine.config.beta, item.truncated)
-        for p, r, item in zip(policy, reference, flat, strict=True)
-    ]
-    return [scores[starts[g] : starts[g + 1]] for g in range(len(groups))]
+    per_side = [values.tolist() for values in sums]
+    flat: list[Sums] = [tuple(side[i] for side in per_side) for i in range(starts[-1])]
+    return [flat[starts[g] : starts[g + 1]] for g in range(len(groups))]
 
 
 def _build_row(
@@ -139,20 +135,19 @@ def _build_row(
 
 
 @torch.inference_mode()
-def _add_row_sums(engine: ScoringEngine, row: _RowBuilder, sums: Sequence[torch.Tensor]) -> None:
-    """Runs one packed row through each side of the pair and adds its tokens' log-probs to ``sums``."""
+def _add_row_sums(core: ScoringCore, row: _RowBuilder, sums: Sequence[torch.Tensor]) -> None:
+    """Runs one packed row through each side and adds its read values to ``sums``."""
     if not row.ids:  # only items with nothing to score
         return
-
-    def tensor(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=engine.device)
-
-    input_ids, positions = tensor(row.ids).unsqueeze(0), tensor(row.positions).unsqueeze(0)  # (1, T)
-    reads, targets, owners = tensor(row.reads), tensor(row.targets), tensor(row.owners)  # (N,)
-    index = VarlenIndex.build(row.segments, engine.device) if any(engine.packed_varlen) else None
-    for side, varlen, total in zip(engine.sides, engine.packed_varlen, sums, strict=True):
+    input_ids, positions = (
+        core.tensor(row.ids).unsqueeze(0),
+        core.tensor(row.positions).unsqueeze(0),
+    )  # (1, T)
+    reads, targets, owners = core.tensor(row.reads), core.tensor(row.targets), core.tensor(row.owners)  # (N,)
+    index = VarlenIndex.build(row.segments, core.device) if any(s.varlen for s in core.sides) else None
+    for side, total in zip(core.sides, sums, strict=True):
         with side.context():
-            row_index = index if varlen else None  # one side may have fallen back to the loop
+            row_index = index if side.varlen else None  # one side may have fallen back to the loop
             hidden = packed_forward(side.backbone, input_ids, positions, row.segments, varlen=row_index)[0]
-            logps = chunked_token_logps(hidden[reads], targets, side.head, engine.chunk_size)  # (N,)
-        total.index_add_(0, owners, logps.double())
+            values = side.read(hidden[reads], targets)  # (N,)
+        total.index_add_(0, owners, values.double())

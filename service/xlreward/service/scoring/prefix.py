@@ -1,11 +1,11 @@
 """Scoring a group of responses to one prompt with the prompt computed once.
 
 Annotation scores about ten sampled responses per prompt, and the rendered prompt is often most of each
-sequence. ``ScoringEngine.score_tokenized`` runs every item in full, so the prompt goes through both models
-once per response. Here each model runs the shared prefix once (batch 1, ``use_cache=True``), and then runs
+sequence. ``padded.score_padded`` runs every item in full, so the prompt goes through each side once per
+response. Here each side runs the shared prefix once (batch 1, ``use_cache=True``), and then runs
 only the suffixes as a right-padded batch on top of a copy of that KV cache, expanded to the batch. The
-scores equal ``score_tokenized``'s to float rounding: the same causal attention over the same keys, the same
-positions, the same LM head path (``chunked_token_logps``) and float64 sums.
+sums equal ``score_padded``'s to float rounding: the same causal attention over the same keys, the same
+positions, the same reader and float64 sums.
 
 Which positions are needed: scoring token j reads the hidden state at position j - 1. With the prefix
 ``input_ids[:P]`` and ``P <= score_start`` for every item, the first scored token of any item is read at
@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from xlreward.service.scoring.batching import plan_batches
-from xlreward.service.scoring.engine import ItemScore, ScoredModel, ScoringEngine
-from xlreward.service.scoring.logprobs import chunked_token_logps, segment_sum
+from xlreward.service.scoring.core import ScoringCore, Side
+from xlreward.service.scoring.logprobs import segment_sum
+from xlreward.service.scoring.reward_model import Sums
 from xlreward.service.scoring.signatures import keywords_of
 from xlreward.service.scoring.templating import TokenizedItem
 
@@ -34,13 +36,13 @@ def shared_prefix_length(items: Sequence[TokenizedItem]) -> int:
     """P: the longest common token prefix of all items, at most any item's ``score_start``.
 
     Raises ``ValueError`` unless the items share their prompt: the common prefix must reach every item's
-    ``score_start`` but one token (``icr_compat`` starts scoring one token after the prompt). Different
+    ``prompt_end`` but one token (``icr_compat`` starts scoring one token after the prompt). Different
     prompts still share their chat template's first tokens, so a non-empty common prefix is not enough."""
     first = items[0].input_ids
     common = min(len(item) for item in items)
     for item in items[1:]:
         common = next((i for i in range(common) if item.input_ids[i] != first[i]), common)
-    if common < max(max(item.score_start for item in items) - 1, 1):
+    if common < max(max(item.prompt_end for item in items) - 1, 1):
         raise ValueError(
             f"the items share only their first {common} tokens, not a prompt: score_shared_prefix scores "
             "responses to one prompt (group items by prompt, or score them with score_tokenized)"
@@ -54,53 +56,60 @@ def suffix_length(item: TokenizedItem, prefix: int) -> int:
     return max(item.score_end - 1 - prefix, 0)
 
 
-def score_shared_prefix(engine: ScoringEngine, items: Sequence[TokenizedItem]) -> list[ItemScore]:
-    """Scores responses to one prompt, computing the shared prompt prefix once per model; results equal
-    ``engine.score_tokenized(items)`` and come in input order.
+@dataclass(frozen=True)
+class PrefixPlan:
+    """What ``score_shared_prefix`` runs for one group: its shared prefix once, then the suffix batches
+    (indices into the group)."""
 
-    Suffixes are split into sub-batches under the engine's ``max_batch_tokens``, counting each row as
-    prefix + suffix (its KV cache spans both), so a sub-batch holds as much attention state as one of the
-    engine's own batches, and under its ``max_padding`` of the suffix positions run; every sub-batch
-    reuses the same prefix cache."""
+    prefix: int
+    batches: list[list[int]]
+    suffixes: list[int]
+
+    @property
+    def positions(self) -> int:
+        """Positions run per side: the prefix once and the suffix batches, padding included."""
+        return self.prefix + sum(len(batch) * max(self.suffixes[i] for i in batch) for batch in self.batches)
+
+
+def plan_shared_prefix(core: ScoringCore, items: Sequence[TokenizedItem]) -> PrefixPlan:
+    """Suffixes are split into sub-batches under the core's ``max_batch_tokens``, counting each row as
+    prefix + suffix (its KV cache spans both), so a sub-batch holds as much attention state as a padded
+    batch, and under its ``max_padding`` of the suffix positions run."""
+    prefix = shared_prefix_length(items)
+    suffixes = [suffix_length(item, prefix) for item in items]
+    batches = plan_batches(suffixes, core.max_batch_tokens, core.max_padding, shared_prefix=prefix)
+    return PrefixPlan(prefix, batches, suffixes)
+
+
+def score_shared_prefix(
+    core: ScoringCore, items: Sequence[TokenizedItem], plan: PrefixPlan | None = None
+) -> list[Sums]:
+    """Scores responses to one prompt, computing the shared prompt prefix once per side; per item (in
+    input order) the sum of its read values under each side, equal to ``padded.score_padded``'s."""
     if not items:
         return []
-    if engine.config.packed:
-        from xlreward.service.scoring.packing import score_packed  # it builds on this module
-
-        return score_packed(engine, [items])[0]
-    prefix = shared_prefix_length(items)
-    suffix_lengths = [suffix_length(item, prefix) for item in items]
-    batches = plan_batches(
-        suffix_lengths, engine.max_batch_tokens, engine.config.max_padding, shared_prefix=prefix
-    )
-    sums = [_model_sums(engine, side, items, prefix, batches) for side in engine.sides]
-    return [
-        ItemScore(policy, reference, item.num_scored, engine.config.beta, item.truncated)
-        for policy, reference, item in zip(*sums, items, strict=True)
-    ]
+    plan = plan or plan_shared_prefix(core, items)
+    per_side = [_side_sums(core, side, items, plan) for side in core.sides]
+    return [tuple(sums[i] for sums in per_side) for i in range(len(items))]
 
 
 @torch.inference_mode()
-def _model_sums(
-    engine: ScoringEngine,
-    side: ScoredModel,
-    items: Sequence[TokenizedItem],
-    prefix: int,
-    batches: list[list[int]],
+def _side_sums(
+    core: ScoringCore, side: Side, items: Sequence[TokenizedItem], plan: PrefixPlan
 ) -> list[float]:
-    """Per item, the float64 sum of its scored tokens' log-probs under one side of the pair."""
-    prefix_ids = torch.tensor([items[0].input_ids[:prefix]], dtype=torch.long, device=engine.device)  # (1, P)
-    sums = torch.zeros(len(items), dtype=torch.float64, device=engine.device)
+    """Per item, the float64 sum of its read values under one side."""
+    prefix = plan.prefix
+    prefix_ids = core.tensor(list(items[0].input_ids[:prefix])).unsqueeze(0)  # (1, P)
+    sums = torch.zeros(len(items), dtype=torch.float64, device=core.device)
     with side.context():
         out = side.backbone(input_ids=prefix_ids, use_cache=True)
         last = out.last_hidden_state[:, -1:]  # (1, 1, H): position P - 1
-        for indices in batches:
+        for indices in plan.batches:
             batch = [items[i] for i in indices]
-            hidden = _suffix_hidden(side.backbone, returned_cache(out), last, batch, prefix, engine)
-            rows, offsets, targets = _scored_positions(batch, prefix, engine.device)
-            logps = chunked_token_logps(hidden[rows, offsets], targets, side.head, engine.chunk_size)
-            index = torch.tensor(indices, dtype=torch.long, device=engine.device)
-            sums.index_add_(0, index, segment_sum(logps.double(), rows, len(batch)))
+            hidden = _suffix_hidden(side.backbone, returned_cache(out), last, batch, prefix, core)
+            rows, offsets, targets = _scored_positions(batch, prefix, core.device)
+            values = side.read(hidden[rows, offsets], targets)  # (N,)
+            sums.index_add_(0, core.tensor(indices), segment_sum(values.double(), rows, len(batch)))
     return [float(total) for total in sums.tolist()]
 
 
@@ -122,21 +131,20 @@ def _suffix_hidden(
     last: torch.Tensor,
     batch: Sequence[TokenizedItem],
     prefix: int,
-    engine: ScoringEngine,
+    core: ScoringCore,
 ) -> torch.Tensor:
     """(B, 1 + S, H): the hidden states at positions P - 1 .. P - 1 + S of each row, S the longest suffix.
 
     The suffixes run right-padded on a copy of the prefix cache: the forward appends to the cache's layers,
     so the caller's cache must stay as the prefix run left it for the next sub-batch. No attention mask
-    unless the engine asks for one: causal attention keeps every real position from seeing the padding
-    after it (see ``engine``'s docstring)."""
+    unless the core asks for one: causal attention keeps every real position from seeing the padding
+    after it (see ``padded``'s docstring)."""
     lengths = [suffix_length(item, prefix) for item in batch]
     width = max(lengths)
     head = last.expand(len(batch), -1, -1)  # (B, 1, H)
     if width == 0:
         return head
-    pad = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, S)
+    input_ids = torch.full((len(batch), width), core.pad_id, dtype=torch.long)  # (B, S)
     attention_mask = torch.zeros((len(batch), prefix + width), dtype=torch.long)  # (B, P + S)
     attention_mask[:, :prefix] = 1
     for row, (item, length) in enumerate(zip(batch, lengths, strict=True)):
@@ -146,9 +154,9 @@ def _suffix_hidden(
     cache = copy.deepcopy(prefix_cache)
     cache.batch_repeat_interleave(len(batch))
     out = backbone(
-        input_ids=input_ids.to(engine.device),
-        attention_mask=attention_mask.to(engine.device) if engine.config.padding_mask else None,
-        position_ids=position_ids.to(engine.device),
+        input_ids=input_ids.to(core.device),
+        attention_mask=attention_mask.to(core.device) if core.padding_mask else None,
+        position_ids=position_ids.to(core.device),
         use_cache=True,
         **{cache_keyword(backbone): cache},
     )

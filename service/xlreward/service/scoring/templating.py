@@ -49,6 +49,12 @@ class TokenizedItem:
     score_start: int
     score_end: int
     truncated: bool = False  # the response was cut to fit the context (only when asked for)
+    prompt_length: int | None = None  # the rendered prompt's tokens; None: up to ``score_start``
+
+    @property
+    def prompt_end(self) -> int:
+        """Where the prompt ends: items of a group share ``input_ids[:prompt_end]``."""
+        return self.score_start if self.prompt_length is None else self.prompt_length
 
     @property
     def num_scored(self) -> int:
