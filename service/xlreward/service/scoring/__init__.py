@@ -1,7 +1,11 @@
-"""The scoring core: summed response log-probabilities under a policy and a reference model.
+"""The scoring core: reward models over shared scoring strategies.
 
-- ``logprobs``: pure tensor math (selective log-softmax, chunked LM head, sums, the implicit reward).
-- ``templating``: which tokens are scored: chat-template rendering, prefix-stability, context checks.
-- ``engine``: batches tokenized items through both models without materialising [B, T, vocab] logits.
-- ``loading``: loads a policy/reference pair from checkpoint folders and checks that they fit together.
+- ``reward_model``: the ``RewardModel`` interface the server uses (torch-free), and the work units it plans.
+- ``core``: what every strategy needs (the models' sides: backbone, reader, context; device; budget).
+- ``padded``, ``prefix``, ``packing``: the strategies (right-padded batches, a group's prompt run once,
+  packed rows without padding); ``strategies`` chooses one per model and plans a batch as one forward plan.
+- ``engine``: the implicit reward model (policy and reference log-probs, full or LoRA mode);
+  ``classifier``: a sequence-classification reward model with a one-logit head.
+- ``logprobs``: pure tensor math; ``templating``: which tokens are scored; ``batching``: pure planning.
+- ``loading``: loads models named by folder or hub id and checks that a pair fits together.
 """
