@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import efficiency
 import harness
 import workload
 
 TOLERANCE = 1e-3  # largest |reward - baseline reward| accepted for float32 rows
-SPEEDUP_TARGET = 4.0
 MEMORY_TARGET_MB = 512.0
 MEMORY_VOCAB = 128256  # Llama-3's vocabulary, for the log-prob memory stage
 
@@ -277,7 +277,31 @@ def run_one(row: Row, spec: dict[str, Any], scratch: Path, scored: int) -> dict[
 def row_flops(row: dict[str, Any], params: dict[str, int]) -> float:
     """Matmul FLOPs of a row by arithmetic, both models: 2 x layer parameters per fed position (padding
     included) + 2 x LM-head parameters per head row. Attention's T^2 term is left out."""
-    return 2 * 2 * (params["layers"] * row["fed_tokens"] + params["lm_head"] * row["head_rows"])
+    return 2.0 * 2 * (params["layers"] * int(row["fed_tokens"]) + params["lm_head"] * int(row["head_rows"]))
+
+
+def add_efficiency(rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    """Each row's efficiency against the run's GEMM rate, on the least work's FLOPs (``efficiency.py``);
+    nothing for a saved run from before the bench measured them."""
+    least = report["workload"].get("least_work")
+    if least is not None:
+        flops = row_flops(least, report["model"]["parameter_split"])
+        efficiency.add_efficiency(rows, flops, report["machine"].get("gemm"))
+
+
+def measure_gemm(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The machine's GEMM rate in fp32 and in every dtype a row runs in, in a worker like the rows'."""
+    others = {args.dtype} | {"bfloat16" for row in ROWS if row.bf16 and row.name in args.rows}
+    dtypes = ["float32", *sorted(others - {"float32"})]
+    shape = harness.MODEL_SHAPES[args.config]
+    spec = efficiency.gemm_spec(shape, args.device, dtypes, args.threads, args.quick)
+    try:
+        gemm = harness.run_worker(spec, scratch)
+    except harness.WorkerError as error:
+        print(f"  gemm FAILED\n{error}", flush=True)
+        return {"error": str(error)}
+    print(efficiency.describe_gemm(gemm), flush=True)
+    return gemm
 
 
 def same_pairs(rewards: list[float], base: list[float], samples: int) -> int:
@@ -348,7 +372,7 @@ def run_memory_rows(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     common = {"kind": "logp_memory", "device": args.device, "dtype": args.dtype, "seed": args.seed}
     common.update(tokens=tokens, hidden_size=hidden, vocab=MEMORY_VOCAB, threads=args.threads)
     dtype_bytes = 2 if args.dtype == "bfloat16" else 4
-    measured = []
+    measured: list[dict[str, Any]] = []
     for name in names:
         expected = logp_memory.expected_extra_mb(name, tokens, MEMORY_VOCAB, dtype_bytes)
         try:
@@ -428,6 +452,7 @@ def format_rows(rows: list[dict[str, Any]], show_mfu: bool) -> str:
         "tokens/s",
         "x base",
         "less work x",
+        "eff",
         "wall s",
         "fed tok/model",
         "head rows/model",
@@ -451,6 +476,7 @@ def format_rows(rows: list[dict[str, Any]], show_mfu: bool) -> str:
                 f"{row['tokens_per_s']:.1f}",
                 _fmt(row.get("speedup"), ".2f") + ("x" if row.get("speedup") else ""),
                 _fmt(row.get("work_ratio"), ".2f") + ("x" if row.get("work_ratio") else ""),
+                _fmt(row.get("efficiency"), ".2f"),
                 f"{row['seconds']:.1f}",
                 f"{row['fed_tokens']:,}",
                 f"{row['head_rows']:,}",
@@ -518,18 +544,23 @@ def targets(rows: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[s
     # Rows that score the baseline's pair (a LoRA row's speed is another pair's; its rewards have a twin).
     measured = [r for r in rows if "speedup" in r and r["row"] != "baseline" and "max_abs_reward_diff" in r]
     measured = [r for r in measured if r.get("compare_to", "baseline") == "baseline"]
-    out: dict[str, Any] = {"speedup_target": SPEEDUP_TARGET, "tolerance": TOLERANCE}
+    out: dict[str, Any] = {"efficiency_target": efficiency.EFFICIENCY_TARGET, "tolerance": TOLERANCE}
     for label, chosen in (
         ("fp32", [r for r in measured if r["dtype"] == "float32"]),
         ("any_dtype", measured),
     ):
-        best = max(chosen, key=lambda r: r["speedup"], default=None)
+        # the most efficient (each against its own dtype's GEMM rate); the fastest in a run without them
+        best = max(chosen, key=lambda r: (r.get("efficiency", 0.0), r["speedup"]), default=None)
         if best:
-            out[f"best_{label}"] = {"row": best["row"], "speedup": round(best["speedup"], 3)}
+            eff = best.get("efficiency")
+            out[f"best_{label}"] = {
+                "row": best["row"],
+                "speedup": round(best["speedup"], 3),
+                "efficiency": eff and round(eff, 3),
+            }
+            out[f"efficiency_met_{label}"] = eff and eff >= efficiency.EFFICIENCY_TARGET
     fp32 = [r for r in measured if r["dtype"] == "float32"]
     out["all_fp32_rows_within_tolerance"] = all(r["within_tolerance"] for r in fp32) if fp32 else None
-    out["speedup_met_fp32"] = out.get("best_fp32", {}).get("speedup", 0) >= SPEEDUP_TARGET
-    out["speedup_met_any_dtype"] = out.get("best_any_dtype", {}).get("speedup", 0) >= SPEEDUP_TARGET
     if memory:
         by_name = {v["variant"]: v for v in memory["variants"] if "extra_mb" in v}
         default = by_name.get("inplace-auto")
@@ -550,6 +581,8 @@ def worker_main(spec_path: str, out_path: str) -> int:
         import variants
 
         result = variants.run_row(spec)
+    elif spec["kind"] == "gemm":
+        result = efficiency.run_gemm(spec)
     elif spec["kind"] == "logp_memory":
         import logp_memory
 
@@ -578,10 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     report = prepare(args)
     spec = base_spec(args, report.pop("_pair"))
     work = report.pop("_work")
+    report["machine"]["gemm"] = measure_gemm(args, scratch)
     print(f"rows ({report['workload']['items']} items, {report['workload']['scored_tokens']} scored tokens):")
     rows = run_token_rows(args, spec, work, scratch)
     split, samples = report["model"]["parameter_split"], report["workload"]["samples"]
     compare_rows(rows, args.beta, split, report.get("peak_tflops"), samples)
+    add_efficiency(rows, report)
     memory = run_memory_rows(args, scratch) if "memory" in args.rows else None
     service = run_service_rows(args, spec, scratch) if "service" in args.rows else None
     report.update(rows=rows, logp_memory=memory, service=service, targets=targets(rows, memory))
@@ -607,6 +642,7 @@ def report_main(path: Path) -> int:
         if row["row"] in current:
             row["compare_to"] = current[row["row"]].compare_to
     compare_rows(rows, report["settings"]["beta"], split, report.get("peak_tflops"), samples)
+    add_efficiency(rows, report)
     report["targets"] = targets(rows, report.get("logp_memory"))
     print_report(report, argparse.Namespace())
     return 0
@@ -626,7 +662,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(f"dtype {args.dtype}, device {args.device}")
     work = token_workload(args, tokenizer)
-    described = workload.describe(workload.token_groups(work))
+    groups = workload.token_groups(work)
+    described = {**workload.describe(groups), "least_work": efficiency.least_work(groups)}
     peak = args.peak_tflops or (790.0 if args.device == "cuda" else None)
     return {
         "command": " ".join([Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]),
@@ -668,8 +705,18 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     )
     print(
         f"workload: {w['groups']} prompts x {w['samples']} samples = {w['items']} items, "
-        f"{w['scored_tokens']} scored tokens, {w['sequence_tokens']} sequence tokens, seed {w['seed']}\n"
+        f"{w['scored_tokens']} scored tokens, {w['sequence_tokens']} sequence tokens, seed {w['seed']}"
     )
+    least = w.get("least_work")
+    if least:
+        flops = row_flops(least, report["model"]["parameter_split"])
+        print(
+            f"least work per model: {least['fed_tokens']:,} fed positions, {least['head_rows']:,} head rows "
+            f"= {flops / 1e9:.1f} GFLOP for both models (eff = that / wall s / the dtype's GEMM rate)"
+        )
+    if "gemm" in m:
+        print(efficiency.describe_gemm(m["gemm"]))
+    print()
     print(format_rows(report["rows"], report.get("peak_tflops") is not None))
     if report["logp_memory"]:
         print("\n" + format_memory(report["logp_memory"]))

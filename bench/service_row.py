@@ -180,7 +180,7 @@ def batch_metrics(url: str) -> dict[str, float]:
         "xlreward_batch_padded_tokens_sum",
         "xlreward_batch_seconds_sum",
     )
-    found = {}
+    found: dict[str, float] = {}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
         name, _, value = line.partition(" ")
         name = name.split("{", 1)[0]  # summed over the model label

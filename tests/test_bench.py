@@ -2,12 +2,14 @@
 
 Speed is never asserted (the bench measures it); what is asserted is what the table means: every row
 scores the baseline's rewards, the engine rows do the work their design says (fewer positions, the LM
-head only at scored tokens), the memory row's variants order as their arithmetic does, and the refusals
-say what to do instead.
+head only at scored tokens), each row's efficiency is its least-work FLOP rate over the run's GEMM rate,
+the memory row's variants order as their arithmetic does, and the refusals say what to do instead.
 """
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import subprocess
 import sys
@@ -67,6 +69,27 @@ def test_the_engine_rows_do_the_work_their_design_says(quick_run) -> None:  # ty
     assert rows["packed"]["fed_tokens"] <= rows["prefix"]["fed_tokens"] < rows["engine"]["fed_tokens"]
     assert rows["packed"]["fed_tokens"] < sequences
     assert rows["prefix"]["work_ratio"] > rows["engine"]["work_ratio"] > 1
+
+
+def test_every_row_has_its_efficiency_on_the_least_work_against_the_runs_gemm_rate(quick_run) -> None:  # type: ignore[no-untyped-def]
+    printed, results, _ = quick_run
+    rates = results["machine"]["gemm"]["dtypes"]
+    assert rates["float32"]["gflops"] > 0
+    least, split = results["workload"]["least_work"], results["model"]["parameter_split"]
+    assert least["head_rows"] == results["workload"]["scored_tokens"]
+    flops = 2 * 2 * (split["layers"] * least["fed_tokens"] + split["lm_head"] * least["head_rows"])
+    for row in results["rows"]:
+        assert least["fed_tokens"] <= row["fed_tokens"]  # no row does less than the least work
+        assert row["least_work_flops"] == pytest.approx(flops)
+        efficiency = flops / row["seconds"] / (rates[row["dtype"]]["gflops"] * 1e9)
+        assert row["efficiency"] == pytest.approx(efficiency) and 0 < efficiency <= 2
+    assert "| eff |" in printed and results["targets"]["efficiency_target"] == 0.8
+
+
+def test_the_least_work_doctest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    results = doctest.testmod(importlib.import_module("efficiency"))
+    assert results.attempted and not results.failed
 
 
 def test_the_memory_row_orders_as_its_arithmetic(quick_run) -> None:  # type: ignore[no-untyped-def]
