@@ -130,7 +130,7 @@ def work_counts(variant: str, groups: list[list[Any]], config: Any, device: str)
     """Per model: token positions fed to the backbone (padding included) and LM-head rows computed, with
     the row's ``EngineConfig`` (its batch budget resolved for ``device`` as the engine does)."""
     from xlreward.service.scoring.batching import default_max_batch_tokens, plan_batches
-    from xlreward.service.scoring.engine import fed_length
+    from xlreward.service.scoring.core import fed_length
 
     budget = config.max_batch_tokens or default_max_batch_tokens(device)
     flat = [item for group in groups for item in group]

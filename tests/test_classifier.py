@@ -94,7 +94,7 @@ def test_the_padded_tokens_metric_is_what_the_models_ran(engine) -> None:  # typ
     engine = ScoringEngine(
         engine.policy, engine.reference, engine.tokenizer, config=EngineConfig(max_batch_tokens=300)
     )
-    loaded = LoadedModel("pair", None, engine)  # type: ignore[arg-type]
+    loaded = LoadedModel("pair", engine)
     fed: list[int] = []
     hooks = [
         side.backbone.register_forward_pre_hook(

@@ -17,7 +17,7 @@ import torch
 from xlreward.service.generation import GenerationBackend, GenerationError, OpenAIUpstream, prompt_seed
 from xlreward.service.generation.local import TransformersGenerator
 from xlreward.service.protocol import ChatMessage, GenerateRequest, GenerateResponse
-from xlreward.service.scoring.engine import context_length
+from xlreward.service.scoring.core import context_length
 from xlreward.service.scoring.loading import load_causal_lm, load_tokenizer
 from xlreward.service.scoring.templating import end_of_turn_ids
 

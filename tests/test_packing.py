@@ -29,7 +29,8 @@ from test_prefix_sharing import (
 )
 from xlreward.service.scoring import packed_attention as packed_attention_module
 from xlreward.service.scoring.batching import PackedPart, plan_packed_rows
-from xlreward.service.scoring.engine import EngineConfig, ScoringEngine, model_backbone
+from xlreward.service.scoring.core import model_backbone
+from xlreward.service.scoring.engine import EngineConfig, ScoringEngine
 from xlreward.service.scoring.errors import UnsupportedModelError
 from xlreward.service.scoring.packed_attention import (
     PACKED_ATTENTION,

@@ -19,7 +19,8 @@ import torch
 
 from strategy_scores import prefix_scores
 from xlreward.service.protocol import ChatMessage, RewardItem
-from xlreward.service.scoring.engine import EngineConfig, ItemScore, ScoringEngine, model_backbone
+from xlreward.service.scoring.core import model_backbone
+from xlreward.service.scoring.engine import EngineConfig, ItemScore, ScoringEngine
 from xlreward.service.scoring.prefix import cache_keyword, returned_cache
 from xlreward.service.scoring.templating import TemplateOptions, TokenizedItem
 

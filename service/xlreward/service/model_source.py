@@ -228,23 +228,38 @@ def _download(
     hub_id: str, revision: str | None, what: str, patterns: list[str], cache_dir: str | Path | None
 ) -> Path:
     import httpx2
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(
-            hub_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=patterns,
-            ignore_patterns=IGNORE_PATTERNS,
-        )
+        folder = _snapshot(hub_id, revision, cache_dir, patterns, local_files_only=False)
     except (httpx2.HTTPError, LocalEntryNotFoundError) as error:
         raise ModelNotFound(
             f"{what} {_label(hub_id, revision)}: downloading it into the Hugging Face cache "
             f"({_cache_folder(cache_dir)}) failed ({_first_line(error)}): retry, or pass a local folder"
         ) from error
     return Path(folder)
+
+
+def _snapshot(
+    hub_id: str,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    patterns: list[str],
+    *,
+    local_files_only: bool,
+) -> str:
+    """``snapshot_download`` of what loading reads (``patterns``, never ``IGNORE_PATTERNS``)."""
+    from huggingface_hub import snapshot_download
+
+    folder: str = snapshot_download(
+        hub_id,
+        revision=revision,
+        cache_dir=cache_dir,
+        allow_patterns=patterns,
+        ignore_patterns=IGNORE_PATTERNS,
+        local_files_only=local_files_only,
+    )
+    return folder
 
 
 def _cached_snapshot(
@@ -256,18 +271,11 @@ def _cached_snapshot(
     why: Exception | None,
 ) -> Path:
     """The cached snapshot of ``hub_id`` at ``revision``; ``why`` the Hub did not serve it (None: offline)."""
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(
-            hub_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=download_patterns(trust_remote_code=trust_remote_code),
-            ignore_patterns=IGNORE_PATTERNS,
-            local_files_only=True,
-        )
+        patterns = download_patterns(trust_remote_code=trust_remote_code)
+        folder = _snapshot(hub_id, revision, cache_dir, patterns, local_files_only=True)
     except IncompleteSnapshotError as error:
         raise ModelNotFound(
             f"{what} {_label(hub_id, revision)} is only partly in the Hugging Face cache "

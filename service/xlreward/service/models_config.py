@@ -40,11 +40,7 @@ class ModelSpec(BaseModel):
     path: str | None = Field(default=None, description="classifier: the reward model (hub id or folder)")
     revision: str | None = None
     dtype: DtypeName | None = None
-    device: str | None = Field(
-        default=None,
-        description="auto, cpu, cuda, or cuda:N; for an implicit pair 'cuda:0,cuda:1' "
-        "places the policy and the reference on two devices",
-    )
+    device: str | None = Field(default=None, description="auto, cpu, cuda, or cuda:N (the whole model)")
     beta: float | None = Field(default=None, ge=0)
     packed: bool | None = None
 

@@ -36,7 +36,6 @@ class LoadedModel:
     ``LoadedModel``; the scheduler never batches units of two together)."""
 
     name: str
-    spec: ModelSpec
     model: RewardModel
 
     def new_batch_plan(self) -> ModelBatchPlan:
@@ -87,7 +86,6 @@ class Runtime:
         )
         metrics.track_queue(lambda: self.scheduler.queued_items)
         self.started_at = int(time.time())
-        self._all_loaded = threading.Event()
         self._switch_lock = asyncio.Lock()
 
     # --- start-up and shut-down --------------------------------------------------------------------
@@ -104,7 +102,6 @@ class Runtime:
             except Exception as error:  # reported by /readyz and every request for this model
                 log.exception("loading model %r failed", slot.spec.name)
                 slot.error = f"{type(error).__name__}: {error}"
-        self._all_loaded.set()
 
     def load_model(self, spec: ModelSpec) -> RewardModel:
         """Loads one reward model with this server's scoring settings (blocking)."""
@@ -151,7 +148,7 @@ class Runtime:
 
     def _install(self, slot: ModelSlot, model: RewardModel, spec: ModelSpec | None = None) -> None:
         slot.spec = spec or slot.spec
-        slot.loaded = LoadedModel(slot.spec.name, slot.spec, model)
+        slot.loaded = LoadedModel(slot.spec.name, model)
         slot.error = None
         if slot is self.first_slot():
             self.generator = self._build_generator(model)
@@ -225,12 +222,6 @@ class Runtime:
             else f"model {slot.spec.name!r} is still loading"
         )
         raise ServiceError(503, "not_ready", message + ": retry shortly", headers={"Retry-After": "5"})
-
-    @property
-    def engine(self) -> RewardModel | None:
-        """The first model, once loaded (generation samples from its policy)."""
-        loaded = self.first_slot().loaded
-        return loaded.model if loaded is not None else None
 
     def status(self) -> tuple[bool, str]:
         failed = [slot for slot in self.slots.values() if slot.error]

@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from xlreward.service.choices import DeviceName, DtypeName
@@ -36,6 +36,8 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="XLREWARD_", extra="forbid", validate_default=True, allow_inf_nan=False
     )
+
+    _specs: list[ModelSpec] = PrivateAttr(default_factory=list)
 
     # Models: one implicit pair (named "default"), or a models file
     policy: str | None = Field(default=None, description="the DPO (policy) checkpoint: hub id or folder")
@@ -116,16 +118,16 @@ class ServiceSettings(BaseSettings):
                 "no models: give --policy and --reference (XLREWARD_POLICY, XLREWARD_REFERENCE), or "
                 "--models FILE (XLREWARD_MODELS)"
             )
-        if self.models is not None:
-            self.model_specs()  # a bad file fails here, naming the file
+        if self.models is not None:  # read once, here: a bad file fails naming the file
+            self._specs = load_models_file(self.models)
+        else:
+            assert self.policy is not None and self.reference is not None
+            self._specs = [single_pair(self.policy, self.reference, self.revision)]
         return self
 
     def model_specs(self) -> list[ModelSpec]:
         """The served models in order; the first is the default."""
-        if self.models is not None:
-            return load_models_file(self.models)
-        assert self.policy is not None and self.reference is not None
-        return [single_pair(self.policy, self.reference, self.revision)]
+        return list(self._specs)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

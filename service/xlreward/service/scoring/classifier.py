@@ -18,18 +18,15 @@ from typing import Any
 
 import torch
 
-from xlreward.service.protocol import ChatMessage, RewardItem, RewardResult
+from xlreward.service.protocol import ChatMessage, RewardResult
 from xlreward.service.scoring.batching import default_max_batch_tokens
 from xlreward.service.scoring.core import ScoringCore, Side, context_length, model_backbone, pad_id_of
 from xlreward.service.scoring.engine import EngineConfig, rows_description
 from xlreward.service.scoring.errors import UnsupportedModelError
 from xlreward.service.scoring.packed_attention import check_packing
-from xlreward.service.scoring.reward_model import ForwardPlan, ItemReward, ModelKind, Progress, Sums
-from xlreward.service.scoring.strategies import strategy_for
+from xlreward.service.scoring.reward_model import ModelKind, Sums
+from xlreward.service.scoring.strategies import StrategyModel, strategy_for
 from xlreward.service.scoring.templating import ItemTokenizer, TemplateOptions, TokenizedItem
-
-# Chunks are an LM-head concern; a scalar head reads every position at once.
-UNCHUNKED = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ def scalar_head(model: Any) -> Any:
     return head
 
 
-class ClassifierRewardModel:
+class ClassifierRewardModel(StrategyModel[ClassifierScore]):
     """A ``reward_model.RewardModel`` over one sequence-classification model and its tokenizer.
     ``config``: as the implicit pair's (``beta`` aside); ``template``: how the conversation is rendered
     (``icr_compat`` does not apply)."""
@@ -100,7 +97,7 @@ class ClassifierRewardModel:
         self.dtype: torch.dtype = next(head.parameters()).dtype
         config = config or EngineConfig()
         self.max_batch_tokens = config.max_batch_tokens or default_max_batch_tokens(self.device.type)
-        self.config = replace(config, chunk_size=UNCHUNKED, max_batch_tokens=self.max_batch_tokens)
+        self.config = replace(config, max_batch_tokens=self.max_batch_tokens)
         self.max_length = context_length(model)
         # transformers pools the last token that is not the pad token; so do we.
         self.pooled_pad_id: int | None = getattr(model.config, "pad_token_id", None)
@@ -119,14 +116,9 @@ class ClassifierRewardModel:
             device=self.device,
             pad_id=pad_id_of(tokenizer),
             max_batch_tokens=self.max_batch_tokens,
-            chunk_size=UNCHUNKED,
             max_padding=self.config.max_padding,
             padding_mask=self.config.padding_mask,
         )
-
-    @property
-    def sides(self) -> tuple[Side, ...]:
-        return self.core.sides
 
     @property
     def beta(self) -> float | None:
@@ -156,34 +148,6 @@ class ClassifierRewardModel:
             truncated=rendered.truncated,
             prompt_length=rendered.score_start,
         )
-
-    def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
-        return self.tokenize_pair(item.prompt, item.response, truncate=truncate)
-
-    def new_plan(self) -> ForwardPlan:
-        return self.strategy.new_plan(self.core)
-
-    def run(self, plan: ForwardPlan) -> list[list[ItemReward]]:
-        return [
-            list(self.item_scores(unit_sums, unit.items))
-            for unit_sums, unit in zip(plan.run(), plan.units, strict=True)
-        ]
-
-    def score(self, items: Sequence[RewardItem], progress: Progress | None = None) -> list[RewardResult]:
-        tokenized = [self.tokenize(item) for item in items]
-        scores = self.score_tokenized(tokenized, progress=progress)
-        return [score.to_result(item.id) for item, score in zip(items, scores, strict=True)]
-
-    def score_tokenized(
-        self, items: Sequence[TokenizedItem], progress: Progress | None = None
-    ) -> list[ClassifierScore]:
-        return self.item_scores(self.strategy.score_items(self.core, items, progress), items)
-
-    def score_groups(
-        self, groups: Sequence[Sequence[TokenizedItem]], progress: Progress | None = None
-    ) -> list[list[ClassifierScore]]:
-        sums = self.strategy.score_groups(self.core, groups, progress)
-        return [self.item_scores(group_sums, group) for group_sums, group in zip(sums, groups, strict=True)]
 
     def item_scores(self, sums: Sequence[Sums], items: Sequence[TokenizedItem]) -> list[ClassifierScore]:
         return [

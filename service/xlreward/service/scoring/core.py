@@ -47,13 +47,12 @@ class ScoringCore:
     """The sides and the settings every strategy shares. ``max_batch_tokens``: positions a forward plan
     may run (padded rows x width, or a packed row's real positions); ``max_padding``: the share of a padded
     batch that may be padding; ``padding_mask``: pass the right padding's attention mask (causal attention
-    never needs it); ``chunk_size``: LM-head rows per float32 log-softmax block."""
+    never needs it). An LM side's chunk size lives in its reader (``engine.LogProbReader``)."""
 
     sides: tuple[Side, ...]
     device: torch.device
     pad_id: int
     max_batch_tokens: int
-    chunk_size: int
     max_padding: float = DEFAULT_MAX_PADDING
     padding_mask: bool = False
 

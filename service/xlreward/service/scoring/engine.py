@@ -17,13 +17,12 @@ from typing import Any
 
 import torch
 
-from xlreward.service.protocol import ChatMessage, RewardItem, RewardResult
+from xlreward.service.protocol import ChatMessage, RewardResult
 from xlreward.service.scoring.batching import DEFAULT_MAX_PADDING, default_max_batch_tokens
 from xlreward.service.scoring.core import (
     ScoringCore,
     Side,
     context_length,
-    fed_length,
     is_adapter_model,
     model_backbone,
     pad_id_of,
@@ -38,16 +37,14 @@ from xlreward.service.scoring.logprobs import (
     softcapped,
 )
 from xlreward.service.scoring.packed_attention import check_packing
-from xlreward.service.scoring.reward_model import ForwardPlan, ItemReward, ModelKind, Progress, Sums
-from xlreward.service.scoring.strategies import strategy_for
+from xlreward.service.scoring.reward_model import ModelKind, Sums
+from xlreward.service.scoring.strategies import StrategyModel, strategy_for
 from xlreward.service.scoring.templating import (
     ItemTokenizer,
     TemplateOptions,
     TokenizedItem,
     end_of_turn_ids,
 )
-
-__all__ = ["EngineConfig", "ItemScore", "ScoringEngine", "context_length", "fed_length", "model_backbone"]
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,7 @@ def lm_side(
     return Side(model_backbone(model), LogProbReader(model_logits_fn(model), chunk_size), context)
 
 
-class ScoringEngine:
+class ScoringEngine(StrategyModel[ItemScore]):
     """The implicit reward model (``reward_model.RewardModel``): scores (prompt, response) items under a
     policy and a reference model that share a tokenizer.
 
@@ -213,14 +210,9 @@ class ScoringEngine:
             device=self.device,
             pad_id=pad_id_of(tokenizer),
             max_batch_tokens=self.max_batch_tokens,
-            chunk_size=self.chunk_size,
             max_padding=self.config.max_padding,
             padding_mask=self.config.padding_mask,
         )
-
-    @property
-    def sides(self) -> tuple[Side, ...]:
-        return self.core.sides
 
     @property
     def beta(self) -> float | None:
@@ -239,42 +231,10 @@ class ScoringEngine:
             parts.append("LoRA mode (reference = adapter off)")
         return ", ".join(parts)
 
-    def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
-        """Token ids and scored span of one item; raises ``ItemError`` saying what to fix."""
-        return self.item_tokenizer(item.prompt, item.response, truncate=truncate)
-
     def tokenize_pair(
         self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
     ) -> TokenizedItem:
         return self.item_tokenizer(prompt, response, truncate=truncate)
-
-    def new_plan(self) -> ForwardPlan:
-        return self.strategy.new_plan(self.core)
-
-    def run(self, plan: ForwardPlan) -> list[list[ItemReward]]:
-        return [
-            list(self.item_scores(unit_sums, unit.items))
-            for unit_sums, unit in zip(plan.run(), plan.units, strict=True)
-        ]
-
-    def score(self, items: Sequence[RewardItem], progress: Progress | None = None) -> list[RewardResult]:
-        """Scores items, results in input order (ids carried over)."""
-        tokenized = [self.tokenize(item) for item in items]
-        scores = self.score_tokenized(tokenized, progress=progress)
-        return [score.to_result(item.id) for item, score in zip(items, scores, strict=True)]
-
-    def score_tokenized(
-        self, items: Sequence[TokenizedItem], progress: Progress | None = None
-    ) -> list[ItemScore]:
-        """Scores tokenized items with the engine's strategy; results in input order."""
-        return self.item_scores(self.strategy.score_items(self.core, items, progress), items)
-
-    def score_groups(
-        self, groups: Sequence[Sequence[TokenizedItem]], progress: Progress | None = None
-    ) -> list[list[ItemScore]]:
-        """Scores groups of responses to one prompt each (the prompt run once); per group, in order."""
-        sums = self.strategy.score_groups(self.core, groups, progress)
-        return [self.item_scores(group_sums, group) for group_sums, group in zip(sums, groups, strict=True)]
 
     def item_scores(self, sums: Sequence[Sums], items: Sequence[TokenizedItem]) -> list[ItemScore]:
         """A strategy's per-item (policy, reference) sums as scores."""

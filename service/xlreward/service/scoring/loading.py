@@ -69,9 +69,7 @@ def load_causal_lm(
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
-    extra = (options or LoadOptions()).from_pretrained_kwargs()
-    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **extra)
-    return model.to(device).eval()
+    return _load_pretrained(AutoModelForCausalLM, path, device, dtype, options)
 
 
 def load_sequence_classifier(
@@ -79,8 +77,14 @@ def load_sequence_classifier(
 ) -> Any:
     from transformers import AutoModelForSequenceClassification
 
+    return _load_pretrained(AutoModelForSequenceClassification, path, device, dtype, options)
+
+
+def _load_pretrained(
+    auto_class: Any, path: str | Path, device: torch.device, dtype: torch.dtype, options: LoadOptions | None
+) -> Any:
     extra = (options or LoadOptions()).from_pretrained_kwargs()
-    model: Any = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, **extra)
+    model: Any = auto_class.from_pretrained(str(path), dtype=dtype, **extra)
     return model.to(device).eval()
 
 

@@ -29,10 +29,6 @@ class WorkUnit:
     items: tuple[TokenizedItem, ...]
     is_group: bool = False
 
-    @property
-    def size(self) -> int:
-        return len(self.items)
-
 
 class ForwardPlan(Protocol):
     """One scheduler batch's forward plan: the units it holds and the positions it runs."""

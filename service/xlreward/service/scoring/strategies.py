@@ -13,14 +13,17 @@ positions per side through the backbone, padding included; the batch metrics rep
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-from xlreward.service.scoring.core import ScoringCore
+from xlreward.service.protocol import ChatMessage, RewardItem, RewardResult
+from xlreward.service.scoring.core import ScoringCore, Side, fed_length
 from xlreward.service.scoring.packing import PackedPlan, plan_packed, score_packed
 from xlreward.service.scoring.padded import padded_positions, plan_padded, score_padded
 from xlreward.service.scoring.prefix import PrefixPlan, plan_shared_prefix, score_shared_prefix
-from xlreward.service.scoring.reward_model import ForwardPlan, Progress, Sums, WorkUnit
+from xlreward.service.scoring.reward_model import ForwardPlan, ItemReward, Progress, Sums, WorkUnit
 from xlreward.service.scoring.templating import TokenizedItem
+
+Score = TypeVar("Score", bound=ItemReward)
 
 
 class Strategy(Protocol):
@@ -61,6 +64,10 @@ class SplitPlan:
             self._groups.append(group)
             self._group_positions += group.positions
         else:
+            # Real positions bound padded ones from below: a unit that cannot fit is refused unplanned.
+            real = sum(fed_length(item) for item in [*self._singles, *unit.items])
+            if self.units and self._group_positions + real > self.core.max_batch_tokens:
+                return False
             singles = [*self._singles, *unit.items]
             batches = plan_padded(self.core, singles)
             positions = padded_positions(singles, batches)
@@ -150,3 +157,57 @@ class PackedStrategy:
 def strategy_for(packed: bool) -> Strategy:
     """The one place that decides how a model runs its work."""
     return PackedStrategy() if packed else SplitStrategy()
+
+
+class StrategyModel(Generic[Score]):
+    """What every reward model over a ``ScoringCore`` does the same way: plan and run batches, score
+    items and groups offline. A model sets ``core`` and ``strategy`` and says how it tokenizes a pair and
+    how a strategy's per-item sums become its scores."""
+
+    core: ScoringCore
+    strategy: Strategy
+
+    def tokenize_pair(
+        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+    ) -> TokenizedItem:
+        raise NotImplementedError
+
+    def item_scores(self, sums: Sequence[Sums], items: Sequence[TokenizedItem]) -> list[Score]:
+        """A strategy's per-item sums as this model's scores."""
+        raise NotImplementedError
+
+    @property
+    def sides(self) -> tuple[Side, ...]:
+        return self.core.sides
+
+    def tokenize(self, item: RewardItem, *, truncate: bool = False) -> TokenizedItem:
+        """Token ids and read span of one item; raises ``ItemError`` saying what to fix."""
+        return self.tokenize_pair(item.prompt, item.response, truncate=truncate)
+
+    def new_plan(self) -> ForwardPlan:
+        return self.strategy.new_plan(self.core)
+
+    def run(self, plan: ForwardPlan) -> list[list[ItemReward]]:
+        return [
+            list(self.item_scores(unit_sums, unit.items))
+            for unit_sums, unit in zip(plan.run(), plan.units, strict=True)
+        ]
+
+    def score(self, items: Sequence[RewardItem], progress: Progress | None = None) -> list[RewardResult]:
+        """Scores items, results in input order (ids carried over)."""
+        tokenized = [self.tokenize(item) for item in items]
+        scores = self.score_tokenized(tokenized, progress=progress)
+        return [score.to_result(item.id) for item, score in zip(items, scores, strict=True)]
+
+    def score_tokenized(
+        self, items: Sequence[TokenizedItem], progress: Progress | None = None
+    ) -> list[Score]:
+        """Scores tokenized items with the model's strategy; results in input order."""
+        return self.item_scores(self.strategy.score_items(self.core, items, progress), items)
+
+    def score_groups(
+        self, groups: Sequence[Sequence[TokenizedItem]], progress: Progress | None = None
+    ) -> list[list[Score]]:
+        """Scores groups of responses to one prompt each (the prompt run once); per group, in order."""
+        sums = self.strategy.score_groups(self.core, groups, progress)
+        return [self.item_scores(group_sums, group) for group_sums, group in zip(sums, groups, strict=True)]
