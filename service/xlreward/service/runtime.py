@@ -21,6 +21,7 @@ from xlreward.service.metrics import ServiceMetrics
 from xlreward.service.models_config import ModelSpec
 from xlreward.service.scheduler import BatchPlan, Scheduler, Unit
 from xlreward.service.scoring.batching import CPU_MAX_BATCH_TOKENS
+from xlreward.service.scoring.shared_base import SharedBases
 from xlreward.service.settings import ServiceSettings
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.model_lock = threading.Lock()
+        self.shared_bases = SharedBases(self.model_lock)  # LoRA adapters over one base hold it once
         self.slots: dict[str, ModelSlot] = {spec.name: ModelSlot(spec) for spec in settings.model_specs()}
         self.generator: Any = None  # GenerationBackend, built from the first model once it loads
         self.scheduler = Scheduler(
@@ -132,7 +134,7 @@ class Runtime:
             assert spec.path is not None  # the spec's validation guarantees it
             return load_classifier(spec.path, **common)
         assert spec.policy is not None and spec.reference is not None
-        return load_engine(spec.policy, spec.reference, **common)
+        return load_engine(spec.policy, spec.reference, shared_bases=self.shared_bases, **common)
 
     async def switch_model(self, name: str, spec: ModelSpec) -> None:
         """Loads a new version of model ``name`` beside the serving one, then swaps it in. Requests already
@@ -176,6 +178,7 @@ class Runtime:
             tokenizer,
             model_name=self.model_name,
             lock=self.model_lock,
+            context=getattr(model, "policy_context"),  # noqa: B009 (an implicit model's)
             max_length=model.max_length,
             stop_token_ids=getattr(model, "item_tokenizer").stop_ids,  # noqa: B009 (an implicit model's)
         )
@@ -232,6 +235,18 @@ class Runtime:
         if loading:
             return False, f"the models are still loading ({', '.join(loading)})"
         return True, "ready"
+
+    def weight_storages(self) -> dict[str, dict[tuple[str, int], int]]:
+        """Per loaded model, the distinct storages of the weights it runs (``core.weight_storages``): two
+        adapters over one shared base list the base's storages both. Blocking (takes the model lock)."""
+        from xlreward.service.scoring.core import weight_storages
+
+        with self.model_lock:  # an adapter being added changes the shared modules' parameter lists
+            return {
+                name: weight_storages(slot.loaded.model.modules())
+                for name, slot in self.slots.items()
+                if slot.loaded is not None
+            }
 
     def require_ready(self) -> None:
         """The first model (generation's) must be loaded."""

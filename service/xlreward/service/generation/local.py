@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ class TransformersGenerator:
     """The built-in backend: the policy model in memory, shared with the scoring engine through ``lock``.
 
     ``max_length`` is the model's context (prompt + completion); ``stop_token_ids`` are the tokens that end
-    a turn (``xlreward.service.scoring.templating.end_of_turn_ids``).
+    a turn (``xlreward.service.scoring.templating.end_of_turn_ids``). ``context``: what sampling runs in,
+    under the lock (a policy that is one of several adapters over a shared base makes its adapter active).
     """
 
     name = "transformers"
@@ -50,6 +52,7 @@ class TransformersGenerator:
         lock: threading.Lock,
         max_length: int,
         stop_token_ids: frozenset[int],
+        context: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         if not stop_token_ids:
             raise ValueError("stop_token_ids is empty: give at least the tokenizer's EOS token")
@@ -57,6 +60,7 @@ class TransformersGenerator:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.lock = lock
+        self.context = context
         self.max_length = max_length
         self.stop_token_ids = stop_token_ids
         self.device = next(model.parameters()).device
@@ -116,7 +120,7 @@ class TransformersGenerator:
         kwargs = self._generate_kwargs(request, max_new, greedy)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         seed = prompt_seed(request.seed, index) if request.seed is not None else secrets.randbits(63)
-        with self.lock, torch.inference_mode():
+        with self.lock, self.context(), torch.inference_mode():
             torch.manual_seed(seed)
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs

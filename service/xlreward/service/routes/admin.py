@@ -4,6 +4,7 @@ not set."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated
 
@@ -44,10 +45,18 @@ class ServedModel(BaseModel):
     scoring: str | None = Field(
         description="how the model scores, e.g. 'cpu, float32, padded rows'; null while it loads"
     )
+    weight_bytes: int | None = Field(
+        default=None,
+        description="bytes of the weights the model runs, those it shares with other models included "
+        "(LoRA adapters over one base share it); null while it loads",
+    )
 
 
 class ServedModels(BaseModel):
     models: list[ServedModel]  # the first is the default
+    weight_bytes: int = Field(
+        description="bytes of weights the server holds for its loaded models, each shared tensor counted once"
+    )
 
 
 def require_admin(request: Request, runtime: RuntimeDep) -> None:
@@ -69,7 +78,7 @@ def require_admin(request: Request, runtime: RuntimeDep) -> None:
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
-def served(slot: ModelSlot) -> ServedModel:
+def served(slot: ModelSlot, weight_bytes: int | None = None) -> ServedModel:
     spec = slot.spec
     return ServedModel(
         name=spec.name,
@@ -80,12 +89,21 @@ def served(slot: ModelSlot) -> ServedModel:
         revision=spec.revision,
         state=slot.state,
         scoring=slot.loaded.model.describe() if slot.loaded is not None else None,
+        weight_bytes=weight_bytes,
     )
 
 
 @router.get("/models", response_model=ServedModels, responses=ERROR_RESPONSES)
 async def get_models(runtime: RuntimeDep, _: AdminDep) -> ServedModels:
-    return ServedModels(models=[served(slot) for slot in runtime.slots.values()])
+    storages = await asyncio.to_thread(runtime.weight_storages)
+    held = {key: size for per_model in storages.values() for key, size in per_model.items()}
+    return ServedModels(
+        models=[
+            served(slot, sum(storages[name].values()) if name in storages else None)
+            for name, slot in runtime.slots.items()
+        ],
+        weight_bytes=sum(held.values()),
+    )
 
 
 @router.post("/models", response_model=ServedModel, responses=ERROR_RESPONSES)

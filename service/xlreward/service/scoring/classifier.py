@@ -128,6 +128,9 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
         dtype = str(self.dtype).removeprefix("torch.")
         return ", ".join([self.device.type, dtype, rows_description(self), "classifier (one-logit head)"])
 
+    def modules(self) -> tuple[Any, ...]:
+        return (self.model,)
+
     def pooled_position(self, ids: Sequence[int]) -> int:
         """The position transformers pools: the last token that is not the pad token."""
         if self.pooled_pad_id is None:

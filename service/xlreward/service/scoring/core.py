@@ -15,7 +15,7 @@ positions score_start - 1 .. score_end - 2, and positions up to score_end - 2 ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,3 +95,14 @@ def is_adapter_model(model: Any) -> bool:
 
 def pad_id_of(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def weight_storages(modules: Iterable[Any]) -> dict[tuple[str, int], int]:
+    """The distinct storages the modules' parameters and buffers live in, by (device, address), with their
+    sizes in bytes: the weights they hold, a tensor that two models share counted once."""
+    storages: dict[tuple[str, int], int] = {}
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            storage = tensor.untyped_storage()
+            storages[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return storages

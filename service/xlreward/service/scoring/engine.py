@@ -155,7 +155,8 @@ class ScoringEngine(StrategyModel[ItemScore]):
 
     LoRA mode: ``reference=None`` with a PEFT ``policy`` (base + adapter) scores the reference as the same
     model with its adapter switched off: one base model in memory instead of two. ``self.reference`` is
-    then the policy object itself.
+    then the policy object itself. ``policy_context``: what the policy side (and generation from it) runs
+    in; a PEFT model holding several adapters makes this engine's one active (``shared_base``).
     """
 
     kind: ModelKind = "implicit"
@@ -168,6 +169,7 @@ class ScoringEngine(StrategyModel[ItemScore]):
         *,
         template: TemplateOptions | None = None,
         config: EngineConfig | None = None,
+        policy_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         if reference is None and not is_adapter_model(policy):
             raise ModelPairError(
@@ -177,6 +179,7 @@ class ScoringEngine(StrategyModel[ItemScore]):
         self.lora_mode = reference is None
         self.policy = policy.eval()
         self.reference = policy if reference is None else reference.eval()
+        self.policy_context = policy_context
         self.tokenizer = tokenizer
         self.template = template or TemplateOptions()
         self.device = next(policy.parameters()).device
@@ -197,7 +200,7 @@ class ScoringEngine(StrategyModel[ItemScore]):
         )
         reference_context = policy.disable_adapter if reference is None else nullcontext
         sides: tuple[Side, ...] = (
-            lm_side(policy, self.chunk_size),
+            lm_side(policy, self.chunk_size, policy_context),
             lm_side(self.reference, self.chunk_size, reference_context),
         )
         for model, side in zip((self.policy, self.reference), sides, strict=True):
@@ -230,6 +233,9 @@ class ScoringEngine(StrategyModel[ItemScore]):
         if self.lora_mode:
             parts.append("LoRA mode (reference = adapter off)")
         return ", ".join(parts)
+
+    def modules(self) -> tuple[Any, ...]:
+        return (self.policy,) if self.lora_mode else (self.policy, self.reference)
 
     def tokenize_pair(
         self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False

@@ -20,6 +20,7 @@ from xlreward.service.model_source import resolve_model
 from xlreward.service.scoring.classifier import ClassifierRewardModel
 from xlreward.service.scoring.engine import EngineConfig, ScoringEngine
 from xlreward.service.scoring.errors import ModelPairError
+from xlreward.service.scoring.shared_base import BaseKey, SharedBases, retire_with
 from xlreward.service.scoring.templating import TemplateOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -124,17 +125,6 @@ def is_adapter_folder(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def load_adapter_policy(adapter_dir: str | Path, base: Any) -> Any:
-    """The PEFT model of ``base`` with the adapter in ``adapter_dir`` on top (inference only)."""
-    try:
-        from peft import PeftModel
-    except ImportError as error:  # peft comes with xlreward[service]; a trimmed install may lack it
-        raise ModelPairError(
-            f"--policy {adapter_dir} is a LoRA adapter, and loading one needs peft: pip install peft"
-        ) from error
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
-
-
 def load_engine(
     policy_name: str | Path,
     reference_name: str | Path,
@@ -144,13 +134,15 @@ def load_engine(
     template: TemplateOptions | None = None,
     config: EngineConfig | None = None,
     options: LoadOptions | None = None,
+    shared_bases: SharedBases | None = None,
 ) -> ScoringEngine:
     """Loads both models (folders or hub ids) and their tokenizers, checks they fit together, and builds
     the implicit reward model.
 
     LoRA mode: when the policy is an adapter folder, the reference must be the base model it was trained
     on. The base is loaded once; the policy is base + adapter and the reference is the same model with the
-    adapter switched off (half the weights in memory of two full models)."""
+    adapter switched off (half the weights in memory of two full models). With ``shared_bases`` (a
+    server's), every adapter over the same base at the same placement goes into ONE copy of that base."""
     options = options or LoadOptions()
     policy_dir, reference_dir = (
         resolve_model(
@@ -165,12 +157,31 @@ def load_engine(
     check_same_tokenizer(tokenizer, reference_tokenizer)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    reference = load_causal_lm(reference_dir, torch_device, torch_dtype, options)
-    if adapter:
-        policy = load_adapter_policy(policy_dir, reference).to(torch_device)
-        return ScoringEngine(policy, None, tokenizer, template=template, config=config)
-    policy = load_causal_lm(policy_dir, torch_device, torch_dtype, options)
-    return ScoringEngine(policy, reference, tokenizer, template=template, config=config)
+    if not adapter:
+        reference = load_causal_lm(reference_dir, torch_device, torch_dtype, options)
+        policy = load_causal_lm(policy_dir, torch_device, torch_dtype, options)
+        return ScoringEngine(policy, reference, tokenizer, template=template, config=config)
+    bases = shared_bases if shared_bases is not None else SharedBases()
+    key = BaseKey(
+        str(reference_dir),
+        str(torch_device),
+        str(torch_dtype),
+        options.trust_remote_code,
+        options.attn_implementation,
+    )
+    shared = bases.get(key, lambda: load_causal_lm(reference_dir, torch_device, torch_dtype, options))
+    with bases.lock:  # adding an adapter and the engine's start-up checks change the shared modules
+        name = shared.attach(policy_dir)
+        engine = ScoringEngine(
+            shared.model.to(torch_device),
+            None,
+            tokenizer,
+            template=template,
+            config=config,
+            policy_context=shared.activation(name),
+        )
+    retire_with(engine, shared, name)
+    return engine
 
 
 def load_classifier(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from xlreward.service.protocol import ChatMessage, RewardItem, RewardResult
 from xlreward.service.scoring.templating import TokenizedItem
@@ -88,4 +88,8 @@ class RewardModel(Protocol):
 
     def describe(self) -> str:
         """How the model scores, in one line (device, dtype, rows, mode)."""
+        ...
+
+    def modules(self) -> tuple[Any, ...]:
+        """The torch modules the model runs (two sides may share one), for what it holds in memory."""
         ...
