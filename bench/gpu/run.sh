@@ -24,7 +24,8 @@ export PYTHONPATH="$DEPS:$ROOT/service:$ROOT/clients:$ROOT/trainer:$ROOT/worker"
 } 2>&1 | tee "$OUT/machine.txt"
 
 timeout "${TESTS_S:-90}" python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-    tests/test_engine_exact.py tests/test_packing.py -k "cuda or varlen" 2>&1 | tee "$OUT/cuda-tests.log" | tail -15
+    tests/test_engine_exact.py tests/test_packing.py tests/test_placement.py \
+    -k "cuda or varlen or split or spreads" 2>&1 | tee "$OUT/cuda-tests.log" | tail -15
 tests=${PIPESTATUS[0]}
 
 RESULT=bench/results/gpu-llama3-8b.json

@@ -17,6 +17,8 @@ FLAGS = (
     "host",
     "port",
     "device",
+    "reference_device",
+    "device_map",
     "dtype",
     "beta",
     "packed",

@@ -7,7 +7,10 @@ name = "icr-en"                 # what requests name ("model": "icr-en"); the fi
 kind = "implicit"               # policy + reference; the policy may be a LoRA adapter over the reference
 policy = "org/llama3-sft-dpo"   # hub id or folder
 reference = "org/llama3-sft"
-revision = "main"               # optional; also dtype, device, beta, packed
+revision = "main"               # optional; also dtype, beta, packed and the placement:
+device = "cuda:0"               #   the whole model (a pair: both models) on one device,
+reference_device = "cuda:1"     #   the reference on another (an implicit pair over two GPUs),
+# device_map = "auto"           #   or each model spread over the GPUs (larger than one GPU)
 [[models]]
 name = "rm-en"
 kind = "classifier"             # a sequence-classification model with a one-logit head
@@ -23,13 +26,14 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from xlreward.service.choices import DtypeName
+from xlreward.service.choices import DEVICE_PATTERN, DeviceMapName, DtypeName
 
 DEFAULT_MODEL_NAME = "default"
 
 
 class ModelSpec(BaseModel):
-    """One served reward model. ``dtype``/``device``/``beta``/``packed`` left unset take the server's."""
+    """One served reward model. ``dtype``/``device``/``reference_device``/``device_map``/``beta``/``packed``
+    left unset take the server's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,7 +44,17 @@ class ModelSpec(BaseModel):
     path: str | None = Field(default=None, description="classifier: the reward model (hub id or folder)")
     revision: str | None = None
     dtype: DtypeName | None = None
-    device: str | None = Field(default=None, description="auto, cpu, cuda, or cuda:N (the whole model)")
+    device: str | None = Field(
+        default=None, pattern=DEVICE_PATTERN, description="auto, cpu, cuda, or cuda:N (the whole model)"
+    )
+    reference_device: str | None = Field(
+        default=None,
+        pattern=DEVICE_PATTERN,
+        description="implicit: the reference's device when it differs from the policy's (cuda:1)",
+    )
+    device_map: DeviceMapName | None = Field(
+        default=None, description="spread each model over the GPUs (transformers' device_map) instead"
+    )
     beta: float | None = Field(default=None, ge=0)
     packed: bool | None = None
 
@@ -52,6 +66,12 @@ class ModelSpec(BaseModel):
             )
         if self.kind == "classifier" and (not self.path or self.policy or self.reference):
             raise ValueError(f"model {self.name!r}: a classifier names 'path' (not 'policy' or 'reference')")
+        if self.kind == "classifier" and self.reference_device:
+            raise ValueError(f"model {self.name!r}: a classifier has no reference to place")
+        if self.device_map and (self.device or self.reference_device):
+            raise ValueError(
+                f"model {self.name!r}: device_map places the models itself; drop device and reference_device"
+            )
         return self
 
     @property

@@ -108,12 +108,14 @@ class Runtime:
     def load_model(self, spec: ModelSpec) -> RewardModel:
         """Loads one reward model with this server's scoring settings (blocking)."""
         from xlreward.service.scoring.engine import EngineConfig
-        from xlreward.service.scoring.loading import LoadOptions, load_classifier, load_engine
+        from xlreward.service.scoring.loading import LoadOptions, Placement, load_classifier, load_engine
         from xlreward.service.scoring.templating import TemplateOptions
 
         s = self.settings
+        # A model that says where it goes is placed as it says; the others as the server's settings say.
+        placed = spec if spec.device or spec.reference_device or spec.device_map else s
         common: dict[str, Any] = {
-            "device": spec.device or s.device,
+            "placement": Placement(placed.device or s.device, placed.reference_device, placed.device_map),
             "dtype": spec.dtype or s.dtype,
             "template": TemplateOptions(
                 use_chat_template=not s.raw, system_prompt=s.system_prompt, icr_compat=s.icr_compat

@@ -13,7 +13,7 @@ from typing import Literal, Self
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from xlreward.service.choices import DeviceName, DtypeName
+from xlreward.service.choices import DEVICE_PATTERN, DeviceMapName, DeviceName, DtypeName
 from xlreward.service.model_source import check_model_name
 from xlreward.service.models_config import ModelSpec, load_models_file, single_pair
 
@@ -52,6 +52,14 @@ class ServiceSettings(BaseSettings):
     )
     model_name: str | None = Field(default=None, description="reported generation model name")
     device: DeviceName = Field(default="auto", description="where models run")
+    reference_device: str | None = Field(
+        default=None,
+        pattern=DEVICE_PATTERN,
+        description="the reference's device, to split a pair over two GPUs (cuda:1); unset: --device",
+    )
+    device_map: DeviceMapName | None = Field(
+        default=None, description="spread each model over the GPUs (for a model larger than one)"
+    )
     dtype: DtypeName = Field(
         default="auto", description="model weights' dtype; auto = bfloat16 on GPU, float32 on CPU"
     )
@@ -140,6 +148,11 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"max_items_per_request ({self.max_items_per_request}) must not exceed max_queue_items "
                 f"({self.max_queue_items}): a request that big could never be queued"
+            )
+        if self.device_map and self.reference_device:
+            raise ValueError(
+                "device_map places each model itself; drop reference_device (or device_map to split a pair "
+                "over two devices)"
             )
         if self.generation_backend == "openai" and not self.upstream_url:
             raise ValueError(

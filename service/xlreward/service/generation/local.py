@@ -63,7 +63,7 @@ class TransformersGenerator:
         self.context = context
         self.max_length = max_length
         self.stop_token_ids = stop_token_ids
-        self.device = next(model.parameters()).device
+        self.device = model.get_input_embeddings().weight.device  # under a device map: the first layer's
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id: int = pad if pad is not None else min(stop_token_ids)
 

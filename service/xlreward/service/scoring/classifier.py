@@ -20,10 +20,16 @@ import torch
 
 from xlreward.service.protocol import ChatMessage, RewardResult
 from xlreward.service.scoring.batching import default_max_batch_tokens
-from xlreward.service.scoring.core import ScoringCore, Side, context_length, model_backbone, pad_id_of
-from xlreward.service.scoring.engine import EngineConfig, rows_description
+from xlreward.service.scoring.core import (
+    ScoringCore,
+    Side,
+    context_length,
+    input_device,
+    model_backbone,
+    pad_id_of,
+)
+from xlreward.service.scoring.engine import EngineConfig, packing_checked, rows_description
 from xlreward.service.scoring.errors import UnsupportedModelError
-from xlreward.service.scoring.packed_attention import check_packing
 from xlreward.service.scoring.reward_model import ModelKind, Sums
 from xlreward.service.scoring.strategies import StrategyModel, strategy_for
 from xlreward.service.scoring.templating import ItemTokenizer, TemplateOptions, TokenizedItem
@@ -55,8 +61,11 @@ class ScalarReader:
     """A classifier side's reader: the one-logit head on each read position's hidden state, float32."""
 
     head: Any
+    device: torch.device | None = None  # the head's; under a device map the hidden states may be elsewhere
 
     def __call__(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.device is not None:
+            hidden = hidden.to(self.device)
         values: torch.Tensor = self.head(hidden).float()[:, 0]  # (N,)
         return values
 
@@ -92,7 +101,7 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = replace(template or TemplateOptions(), icr_compat=False)
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         head = scalar_head(model)
         self.dtype: torch.dtype = next(head.parameters()).dtype
         config = config or EngineConfig()
@@ -105,12 +114,13 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
         self.item_tokenizer = ItemTokenizer(
             tokenizer, self.template, max_length=self.max_length, stop_ids=frozenset()
         )
-        side = Side(model_backbone(model), ScalarReader(head))
+        reader = ScalarReader(head, next(head.parameters()).device)
+        side = Side(model_backbone(model), reader, device=self.device)
         self._check_head_reproduces_logits(side)
         self.strategy = strategy_for(self.config.packed)
         if self.config.packed:
             vocab = model.get_input_embeddings().weight.shape[0]
-            side = replace(side, varlen=check_packing(side.backbone, vocab, self.device))
+            side = packing_checked(side, vocab)
         self.core = ScoringCore(
             sides=(side,),
             device=self.device,
@@ -169,7 +179,7 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
         tensor = torch.tensor([ids], device=self.device)
         theirs = self.model(input_ids=tensor, use_cache=False).logits[0, 0].float()
         hidden = side.backbone(input_ids=tensor, use_cache=False).last_hidden_state[0, read_at : read_at + 1]
-        ours = side.read(hidden, tensor[0, :1])[0]
+        ours = side.read(hidden, tensor[0, :1])[0].to(theirs.device)
         tolerance = 1e-3 if hidden.dtype == torch.float32 else 0.1
         gap = (theirs - ours).abs().item()
         if gap > tolerance:

@@ -33,13 +33,17 @@ Reader = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class Side:
     """One model as the strategies run it: its decoder stack, its reader, and the context both run under
-    (in LoRA mode the reference is the policy's own modules inside ``disable_adapter()``). ``varlen``:
-    packed rows may run flash varlen attention on this side (set by the packing check at start-up)."""
+    (in LoRA mode the reference is the policy's own modules inside ``disable_adapter()``). ``device``: where
+    its input ids go (its embedding's device; None: the core's), so a pair may sit on two GPUs, and a model
+    under a device map spans several (its hidden states come out on the last layer's; the reader moves what
+    it needs to its head). ``varlen``: packed rows may run flash varlen attention on this side (set by the
+    packing check at start-up)."""
 
     backbone: Any
     read: Reader
     context: Callable[[], AbstractContextManager[Any]] = field(default=nullcontext)
     varlen: bool = False
+    device: torch.device | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class ScoringCore:
 
     def tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def input_device(self, side: Side) -> torch.device:
+        return side.device or self.device
 
 
 def fed_length(item: TokenizedItem) -> int:
@@ -86,6 +93,11 @@ def model_backbone(model: Any) -> Any:
     """The decoder stack that produces final (normed) hidden states, without the model's head."""
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else None
     return backbone if backbone is not None and backbone is not model else model.base_model
+
+
+def input_device(model: Any) -> torch.device:
+    """Where a model's input ids go: its token embedding's device (under a device map, the first GPU's)."""
+    return torch.device(model.get_input_embeddings().weight.device)
 
 
 def is_adapter_model(model: Any) -> bool:

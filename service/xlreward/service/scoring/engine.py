@@ -23,6 +23,7 @@ from xlreward.service.scoring.core import (
     ScoringCore,
     Side,
     context_length,
+    input_device,
     is_adapter_model,
     model_backbone,
     pad_id_of,
@@ -134,8 +135,11 @@ class LogProbReader:
 
     head: LogitsFn
     chunk_size: int
+    device: torch.device | None = None  # the head's; under a device map the hidden states may be elsewhere
 
     def __call__(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.device is not None:
+            hidden, targets = hidden.to(self.device), targets.to(self.device)
         return chunked_token_logps(hidden, targets, self.head, self.chunk_size)  # (N,)
 
 
@@ -143,7 +147,9 @@ def lm_side(
     model: Any, chunk_size: int, context: Callable[[], AbstractContextManager[Any]] = nullcontext
 ) -> Side:
     """A causal LM as a side: its decoder stack, read by the log-prob of each target token."""
-    return Side(model_backbone(model), LogProbReader(model_logits_fn(model), chunk_size), context)
+    head_device = model.get_output_embeddings().weight.device
+    reader = LogProbReader(model_logits_fn(model), chunk_size, head_device)
+    return Side(model_backbone(model), reader, context, device=input_device(model))
 
 
 class ScoringEngine(StrategyModel[ItemScore]):
@@ -182,7 +188,7 @@ class ScoringEngine(StrategyModel[ItemScore]):
         self.policy_context = policy_context
         self.tokenizer = tokenizer
         self.template = template or TemplateOptions()
-        self.device = next(policy.parameters()).device
+        self.device = input_device(policy)
         check_same_vocabulary(self.policy, self.reference)
         head = policy.get_output_embeddings().weight
         self.dtype: torch.dtype = head.dtype
@@ -207,7 +213,7 @@ class ScoringEngine(StrategyModel[ItemScore]):
             self._check_head_reproduces_logits(model, side)  # in LoRA mode: the policy, adapter off
         self.strategy = strategy_for(self.config.packed)
         if self.config.packed:  # per side: packed rows run flash varlen attention (GPU, half precision)
-            sides = tuple(packing_checked(side, head.shape[0], self.device) for side in sides)
+            sides = tuple(packing_checked(side, head.shape[0]) for side in sides)
         self.core = ScoringCore(
             sides=sides,
             device=self.device,
@@ -255,11 +261,12 @@ class ScoringEngine(StrategyModel[ItemScore]):
         (a logit scale, say): compare our path with the model's own logits on a short sequence."""
         length = min(16, self.max_length)
         vocab = model.get_output_embeddings().weight.shape[0]
-        ids = (torch.arange(length, device=self.device) * 7919 % vocab).unsqueeze(0)  # (1, L)
+        ids = (torch.arange(length, device=side.device) * 7919 % vocab).unsqueeze(0)  # (1, L)
         with side.context():
-            full = selective_log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1], ids[0, 1:])
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+            full = selective_log_softmax(logits, ids[0, 1:].to(logits.device))
             hidden = side.backbone(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
-            ours = side.read(hidden, ids[0, 1:])
+            ours = side.read(hidden, ids[0, 1:]).to(full.device)
         tolerance = 1e-3 if hidden.dtype == torch.float32 else 0.1
         gap = (full - ours).abs().max().item()
         if gap > tolerance:
@@ -270,11 +277,12 @@ class ScoringEngine(StrategyModel[ItemScore]):
             )
 
 
-def packing_checked(side: Side, vocab_size: int, device: torch.device) -> Side:
+def packing_checked(side: Side, vocab_size: int) -> Side:
     """The side after the start-up packing check (``check_packing``): whether its packed rows run flash
     varlen attention; raises for a model that does not pack exactly."""
+    assert side.device is not None  # the sides the models build name their input device
     with side.context():
-        return replace(side, varlen=check_packing(side.backbone, vocab_size, device))
+        return replace(side, varlen=check_packing(side.backbone, vocab_size, side.device))
 
 
 def rows_description(model: Any) -> str:

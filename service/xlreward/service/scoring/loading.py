@@ -9,13 +9,13 @@ for (``trust_remote_code``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xlreward.service.choices import DeviceName, DtypeName
+from xlreward.service.choices import DtypeName
 from xlreward.service.model_source import resolve_model
 from xlreward.service.scoring.classifier import ClassifierRewardModel
 from xlreward.service.scoring.engine import EngineConfig, ScoringEngine
@@ -48,7 +48,31 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device} was asked for but torch sees no CUDA device: use --device cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device} was asked for but torch sees {torch.cuda.device_count()} CUDA device(s): "
+            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
+    return resolved
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a reward model's weights go: ``device`` for the whole model (an implicit pair: both models),
+    ``reference_device`` for the reference when a pair is split over two GPUs, or ``device_map`` to let
+    transformers spread each model over the GPUs (a model larger than one GPU)."""
+
+    device: str = "auto"
+    reference_device: str | None = None
+    device_map: str | None = None
+
+    def policy_device(self) -> torch.device:
+        """Where the policy (or a classifier) goes; under a device map, where its dtype is decided."""
+        return resolve_device("auto" if self.device_map else self.device)
+
+    def reference(self) -> Placement:
+        return replace(self, device=self.reference_device or self.device, reference_device=None)
 
 
 def resolve_dtype(dtype: DtypeName, device: torch.device) -> torch.dtype:
@@ -66,27 +90,43 @@ def load_tokenizer(path: str | Path, options: LoadOptions | None = None) -> Any:
 
 
 def load_causal_lm(
-    path: str | Path, device: torch.device, dtype: torch.dtype, options: LoadOptions | None = None
+    path: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    options: LoadOptions | None = None,
+    device_map: str | None = None,
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return _load_pretrained(AutoModelForCausalLM, path, device, dtype, options)
+    return _load_pretrained(AutoModelForCausalLM, path, device, dtype, options, device_map)
 
 
 def load_sequence_classifier(
-    path: str | Path, device: torch.device, dtype: torch.dtype, options: LoadOptions | None = None
+    path: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    options: LoadOptions | None = None,
+    device_map: str | None = None,
 ) -> Any:
     from transformers import AutoModelForSequenceClassification
 
-    return _load_pretrained(AutoModelForSequenceClassification, path, device, dtype, options)
+    return _load_pretrained(AutoModelForSequenceClassification, path, device, dtype, options, device_map)
 
 
 def _load_pretrained(
-    auto_class: Any, path: str | Path, device: torch.device, dtype: torch.dtype, options: LoadOptions | None
+    auto_class: Any,
+    path: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    options: LoadOptions | None,
+    device_map: str | None,
 ) -> Any:
+    """Loads on ``device``, or spread by ``device_map`` (weights go straight to their devices)."""
     extra = (options or LoadOptions()).from_pretrained_kwargs()
+    if device_map is not None:
+        extra["device_map"] = device_map
     model: Any = auto_class.from_pretrained(str(path), dtype=dtype, **extra)
-    return model.to(device).eval()
+    return (model if device_map is not None else model.to(device)).eval()
 
 
 def _tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
@@ -129,21 +169,24 @@ def load_engine(
     policy_name: str | Path,
     reference_name: str | Path,
     *,
-    device: DeviceName = "auto",
+    device: str = "auto",
     dtype: DtypeName = "auto",
     template: TemplateOptions | None = None,
     config: EngineConfig | None = None,
     options: LoadOptions | None = None,
+    placement: Placement | None = None,
     shared_bases: SharedBases | None = None,
 ) -> ScoringEngine:
     """Loads both models (folders or hub ids) and their tokenizers, checks they fit together, and builds
-    the implicit reward model.
+    the implicit reward model. ``placement`` (default: both models on ``device``) may put the reference
+    on its own device or spread each model by a device map.
 
     LoRA mode: when the policy is an adapter folder, the reference must be the base model it was trained
     on. The base is loaded once; the policy is base + adapter and the reference is the same model with the
     adapter switched off (half the weights in memory of two full models). With ``shared_bases`` (a
     server's), every adapter over the same base at the same placement goes into ONE copy of that base."""
     options = options or LoadOptions()
+    placement = placement or Placement(device)
     policy_dir, reference_dir = (
         resolve_model(
             str(name), revision=options.revision, what=flag, trust_remote_code=options.trust_remote_code
@@ -151,29 +194,40 @@ def load_engine(
         for name, flag in ((policy_name, "--policy"), (reference_name, "--reference"))
     )
     adapter = is_adapter_folder(policy_dir)
+    if adapter and placement.reference_device not in (None, placement.device):
+        raise ModelPairError(
+            f"--policy {policy_name} is a LoRA adapter: its reference is the same base model with the "
+            "adapter off, so it cannot be placed on a device of its own; drop reference_device"
+        )
     reference_tokenizer = load_tokenizer(reference_dir, options)
     has_own_tokenizer = not adapter or (Path(policy_dir) / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(policy_dir, options) if has_own_tokenizer else reference_tokenizer
     check_same_tokenizer(tokenizer, reference_tokenizer)
-    torch_device = resolve_device(device)
+    torch_device = placement.policy_device()
     torch_dtype = resolve_dtype(dtype, torch_device)
+    device_map = placement.device_map
+
+    def load_reference() -> Any:
+        reference_device = placement.reference().policy_device()
+        return load_causal_lm(reference_dir, reference_device, torch_dtype, options, device_map)
+
     if not adapter:
-        reference = load_causal_lm(reference_dir, torch_device, torch_dtype, options)
-        policy = load_causal_lm(policy_dir, torch_device, torch_dtype, options)
+        reference = load_reference()
+        policy = load_causal_lm(policy_dir, torch_device, torch_dtype, options, device_map)
         return ScoringEngine(policy, reference, tokenizer, template=template, config=config)
     bases = shared_bases if shared_bases is not None else SharedBases()
     key = BaseKey(
         str(reference_dir),
-        str(torch_device),
+        device_map or str(torch_device),
         str(torch_dtype),
         options.trust_remote_code,
         options.attn_implementation,
     )
-    shared = bases.get(key, lambda: load_causal_lm(reference_dir, torch_device, torch_dtype, options))
+    shared = bases.get(key, load_reference)
     with bases.lock:  # adding an adapter and the engine's start-up checks change the shared modules
         name = shared.attach(policy_dir)
         engine = ScoringEngine(
-            shared.model.to(torch_device),
+            shared.model,
             None,
             tokenizer,
             template=template,
@@ -187,18 +241,21 @@ def load_engine(
 def load_classifier(
     name: str | Path,
     *,
-    device: DeviceName = "auto",
+    device: str = "auto",
     dtype: DtypeName = "auto",
     template: TemplateOptions | None = None,
     config: EngineConfig | None = None,
     options: LoadOptions | None = None,
+    placement: Placement | None = None,
 ) -> ClassifierRewardModel:
     """Loads a sequence-classification reward model (folder or hub id) and its tokenizer."""
     options = options or LoadOptions()
     folder = resolve_model(
         str(name), revision=options.revision, what="path", trust_remote_code=options.trust_remote_code
     ).folder
-    torch_device = resolve_device(device)
-    model = load_sequence_classifier(folder, torch_device, resolve_dtype(dtype, torch_device), options)
+    placement = placement or Placement(device)
+    torch_device = placement.policy_device()
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model = load_sequence_classifier(folder, torch_device, torch_dtype, options, placement.device_map)
     tokenizer = load_tokenizer(folder, options)
     return ClassifierRewardModel(model, tokenizer, template=template, config=config)

@@ -144,10 +144,17 @@ def _add_row_sums(core: ScoringCore, row: _RowBuilder, sums: Sequence[torch.Tens
         core.tensor(row.positions).unsqueeze(0),
     )  # (1, T)
     reads, targets, owners = core.tensor(row.reads), core.tensor(row.targets), core.tensor(row.owners)  # (N,)
-    index = VarlenIndex.build(row.segments, core.device) if any(s.varlen for s in core.sides) else None
+    indices: dict[torch.device, VarlenIndex] = {}  # per input device; built once when both sides share it
     for side, total in zip(core.sides, sums, strict=True):
+        device = core.input_device(side)
+        index = None  # one side may have fallen back to the per-segment loop at start-up
+        if side.varlen:
+            if device not in indices:
+                indices[device] = VarlenIndex.build(row.segments, device)
+            index = indices[device]
         with side.context():
-            row_index = index if side.varlen else None  # one side may have fallen back to the loop
-            hidden = packed_forward(side.backbone, input_ids, positions, row.segments, varlen=row_index)[0]
-            values = side.read(hidden[reads], targets)  # (N,)
-        total.index_add_(0, owners, values.double())
+            hidden = packed_forward(
+                side.backbone, input_ids.to(device), positions.to(device), row.segments, varlen=index
+            )[0]
+            values = side.read(hidden[reads.to(hidden.device)], targets.to(hidden.device))  # (N,)
+        total.index_add_(0, owners, values.double().to(total.device))

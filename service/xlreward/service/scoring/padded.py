@@ -69,11 +69,18 @@ def score_padded(
 def side_sums(core: ScoringCore, side: Side, batch: PaddedBatch) -> list[float]:
     """Per batch row, the float64 sum of its read values under one side. Summed in float64: a float32
     running sum over thousands of tokens drifts by ~1e-3."""
+    device = core.input_device(side)
+    mask = batch.attention_mask
     with side.context():
-        out = side.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        hidden = out.last_hidden_state  # (B, T, H)
-        values = side.read(hidden[batch.rows, batch.positions], batch.targets)  # (N,)
-    sums: list[float] = segment_sum(values.double(), batch.rows, batch.num_items).tolist()
+        out = side.backbone(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=mask.to(device) if mask is not None else None,
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state  # (B, T, H), on the last layer's device
+        rows, positions, targets = (t.to(hidden.device) for t in (batch.rows, batch.positions, batch.targets))
+        values = side.read(hidden[rows, positions], targets)  # (N,)
+    sums: list[float] = segment_sum(values.double(), rows.to(values.device), batch.num_items).tolist()
     return sums
 
 

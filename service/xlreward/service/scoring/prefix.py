@@ -99,17 +99,19 @@ def _side_sums(
 ) -> list[float]:
     """Per item, the float64 sum of its read values under one side."""
     prefix = plan.prefix
-    prefix_ids = core.tensor(list(items[0].input_ids[:prefix])).unsqueeze(0)  # (1, P)
+    device = core.input_device(side)
+    prefix_ids = core.tensor(list(items[0].input_ids[:prefix])).unsqueeze(0).to(device)  # (1, P)
     sums = torch.zeros(len(items), dtype=torch.float64, device=core.device)
     with side.context():
         out = side.backbone(input_ids=prefix_ids, use_cache=True)
         last = out.last_hidden_state[:, -1:]  # (1, 1, H): position P - 1
         for indices in plan.batches:
             batch = [items[i] for i in indices]
-            hidden = _suffix_hidden(side.backbone, returned_cache(out), last, batch, prefix, core)
-            rows, offsets, targets = _scored_positions(batch, prefix, core.device)
+            hidden = _suffix_hidden(side.backbone, returned_cache(out), last, batch, prefix, core, device)
+            rows, offsets, targets = _scored_positions(batch, prefix, hidden.device)
             values = side.read(hidden[rows, offsets], targets)  # (N,)
-            sums.index_add_(0, core.tensor(indices), segment_sum(values.double(), rows, len(batch)))
+            item_sums = segment_sum(values.double(), rows.to(values.device), len(batch))
+            sums.index_add_(0, core.tensor(indices), item_sums.to(core.device))
     return [float(total) for total in sums.tolist()]
 
 
@@ -132,6 +134,7 @@ def _suffix_hidden(
     batch: Sequence[TokenizedItem],
     prefix: int,
     core: ScoringCore,
+    device: torch.device,
 ) -> torch.Tensor:
     """(B, 1 + S, H): the hidden states at positions P - 1 .. P - 1 + S of each row, S the longest suffix.
 
@@ -154,9 +157,9 @@ def _suffix_hidden(
     cache = copy.deepcopy(prefix_cache)
     cache.batch_repeat_interleave(len(batch))
     out = backbone(
-        input_ids=input_ids.to(core.device),
-        attention_mask=attention_mask.to(core.device) if core.padding_mask else None,
-        position_ids=position_ids.to(core.device),
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device) if core.padding_mask else None,
+        position_ids=position_ids.to(device),
         use_cache=True,
         **{cache_keyword(backbone): cache},
     )
