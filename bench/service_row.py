@@ -194,5 +194,9 @@ def batch_metrics(url: str) -> dict[str, float]:
 def _warm_up(url: str, items: list[dict[str, str]]) -> None:
     import httpx
 
-    response = httpx.post(f"{url}/reward", json={"items": items}, timeout=600)
-    response.raise_for_status()
+    try:
+        response = httpx.post(f"{url}/reward", json={"items": items}, timeout=600)
+    except httpx.HTTPError as error:  # the row fails with a reason; the rows after it still run
+        raise RuntimeError(f"the warm-up request failed: {error!r}") from error
+    if response.status_code != 200:
+        raise RuntimeError(f"the warm-up request answered {response.status_code}: {response.text[:300]}")
