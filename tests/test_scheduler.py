@@ -225,3 +225,26 @@ def test_a_batch_holds_one_model_and_its_planner_decides_what_fits() -> None:
     assert any(len(batch) == 30 for batch in runner.batches)  # past the scheduler's own 100 tokens
     assert {s.model for s in stats} == {"-", "small", "large"}
     assert all(s.padded_tokens == s.items * (1 if s.model == "-" else 10) for s in stats)
+
+
+def test_fairness_between_tenants_holds_across_models() -> None:
+    """A tenant flooding one model does not hold back another tenant's request for another model: the
+    turn passes to the other tenant, whose batch (of its own model) runs next."""
+    runner = Recorder(hold_first=True)
+    x, y = BudgetModel("x", 40), BudgetModel("y", 40)
+    scheduler = Scheduler(runner, max_batch_tokens=100, batch_wait=0.0, max_queue_items=1000)
+    scheduler.start()
+
+    async def main() -> None:
+        blocker = scheduler.submit("a", [Unit("block", (1,), model=x)], timeout=10)
+        await asyncio.sleep(0.05)  # the blocker's batch is now running (held at the gate)
+        flood = scheduler.submit("a", [Unit(f"x{i}", (10,), model=x) for i in range(40)], timeout=10)
+        small = scheduler.submit("b", [Unit("y0", (10,), model=y)], timeout=10)
+        runner.gate.set()
+        await asyncio.gather(*(wait_for_ticket(scheduler, t, 10) for t in (blocker, flood, small)))
+
+    asyncio.run(main())
+    scheduler.stop()
+    position = next(i for i, batch in enumerate(runner.batches) if "y0" in batch)
+    assert position <= 2 and runner.batches[position] == ["y0"], runner.batches[:4]
+    assert len(runner.batches) >= 1 + 40 // 4 + 1
