@@ -134,3 +134,38 @@ def test_switching_one_adapter_changes_only_that_model_and_frees_the_old_one(ser
     finally:
         back = {"name": "team-a", "policy": str(adapters["team-a"])}
         assert httpx.post(f"{server}/admin/models", headers=ADMIN, json=back).status_code == 200
+
+
+def test_sampling_from_an_adapter_over_a_shared_base_uses_that_adapter(llama_pair, adapters) -> None:  # type: ignore[no-untyped-def]
+    """Generation runs the policy under its engine's context: team-b samples as team-b even when the
+    shared base last ran team-a's adapter."""
+    import asyncio
+    import threading
+
+    from xlreward.service.generation import TransformersGenerator
+    from xlreward.service.protocol import GenerateRequest
+    from xlreward.service.scoring.shared_base import SharedBases
+
+    def greedy(engine, context) -> str:  # type: ignore[no-untyped-def]
+        generator = TransformersGenerator(
+            engine.policy,
+            engine.tokenizer,
+            model_name="m",
+            lock=threading.Lock(),
+            context=context,
+            max_length=engine.max_length,
+            stop_token_ids=engine.item_tokenizer.stop_ids,
+        )
+        request = GenerateRequest(prompts=[PROMPT], temperature=0, max_tokens=12)
+        return asyncio.run(generator.generate(request)).results[0].completions[0].text
+
+    bases = SharedBases()
+    load = {"device": "cpu", "dtype": "float32", "shared_bases": bases}
+    team_a = load_engine(adapters["team-a"], llama_pair.reference, **load)
+    team_b = load_engine(adapters["team-b"], llama_pair.reference, **load)
+    assert team_a.policy is team_b.policy  # one base
+    team_a.score(ITEMS[:1])  # team-a's adapter is now the active one
+    alone = load_engine(adapters["team-b"], llama_pair.reference, device="cpu", dtype="float32")
+    expected = greedy(alone, alone.policy_context)
+    assert greedy(team_b, team_b.policy_context) == expected
+    assert greedy(team_a, team_a.policy_context) != expected  # else the test could not tell them apart
