@@ -108,4 +108,4 @@ def test_eval_refuses_a_missing_model_folder(instructions, tmp_path, capsys) -> 
         "en",
     ]
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
-    assert "no such checkpoint folder" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err

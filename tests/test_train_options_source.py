@@ -29,7 +29,8 @@ FLAGS = {
     "--pairs", "--policy", "--reference", "--out", "--beta", "--nll-weight", "--lr", "--epochs",
     "--max-steps", "--batch-size", "--grad-accum", "--max-length", "--lora", "--lora-r", "--lora-alpha",
     "--seed", "--skip-invalid", "--device", "--warmup-ratio", "--logging-steps", "--save-steps",
-    "--save-total-limit", "--gradient-checkpointing",
+    "--save-total-limit", "--gradient-checkpointing", "--revision", "--trust-remote-code",
+    "--attn-implementation",
 }  # fmt: skip
 ITERATE = """
 out = "loop"

@@ -12,7 +12,8 @@ def register(commands: Any) -> None:
         "iterate",
         help="run the method's loop: serve, annotate, train, switch; T iterations",
         description=(
-            "Runs iteration after iteration from a TOML config (see trainer/README.md): the reward service "
+            "Runs iteration after iteration from a TOML config (see README.md; its sft and policy are "
+            "folders or Hugging Face hub ids, at [train] revision): the reward service "
             "serves pi^t with its reference, the instructions are annotated through it, pi^{t+1} is trained "
             "on the pairs and served next. Each iteration's artefacts go to OUT/iter-<t>; re-running resumes."
         ),
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from xlreward.cli.main import CommandError
+    from xlreward.service.model_source import ModelNotFound
     from xlreward.trainer.loop import IterateConfig, run_loop
     from xlreward.worker.annotate import RunConflict
     from xlreward.worker.instructions import InstructionProblems
@@ -38,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
         config = IterateConfig.load(path)
     except ValidationError as error:
         raise CommandError(f"{path}: {error}") from None
-    try:
+    try:  # the config's model names are resolved first: a wrong one fails before torch is imported
         summary = run_loop(config)
-    except (InstructionProblems, RunConflict, ValueError, RuntimeError) as error:
+    except (InstructionProblems, RunConflict, ModelNotFound, ValueError, RuntimeError) as error:
         raise CommandError(str(error)) from None
     print(json.dumps(summary, indent=2))
     return 0

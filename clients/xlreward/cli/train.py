@@ -22,7 +22,9 @@ def register(commands: Any) -> None:
         description=(
             "Trains --policy on the pairs of --pairs (the JSONL written by `xlreward annotate`) with DPO "
             "(sigmoid loss, --beta) plus --nll-weight times the NLL of the chosen response, against "
-            "--reference, on TRL's DPOTrainer. Every pair is validated first; a bad line stops the run with "
+            "--reference, on TRL's DPOTrainer. Models are folders or Hugging Face hub ids (org/name, at "
+            "--revision), read from the hub cache (fetched unless HF_HUB_OFFLINE=1) and loaded from there. "
+            "Every pair is validated first; a bad line stops the run with "
             "file:line unless --skip-invalid. Writes OUT/model (LoRA merged; `xlreward serve --policy "
             "OUT/model` loads it), train_config.json, data_summary.json, metrics.jsonl, final_metrics.json "
             "and OUT/checkpoints; re-running the same command resumes from the last checkpoint."
@@ -56,7 +58,7 @@ def _argument_kind(annotation: Any, default: Any) -> dict[str, Any]:
         return {**kind, "choices": list(get_args(annotation))}
     if get_origin(annotation) is Sequence:
         return {**kind, "nargs": "+", "type": inner[0]}
-    if get_origin(annotation) in (Union, UnionType):  # X | None: a value, or unset (None) by default
+    if get_origin(annotation) in (Union, UnionType):  # X | None (unset by default), or str | Path: a str
         return {**kind, "type": inner[0]}
     return {**kind, "type": annotation}
 
@@ -70,13 +72,15 @@ def options_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from xlreward.cli.main import CommandError
     from xlreward.trainer.data import PairProblems
+    from xlreward.trainer.models import resolve_models
     from xlreward.trainer.options import TrainSetupError
 
     try:
-        options = options_from_args(args)
+        options = options_from_args(args)  # a name that is neither a folder nor a hub id fails here
+        models = resolve_models(options)  # hub ids -> their cached snapshots; still before torch is imported
         from xlreward.trainer.train import train
 
-        result = train(options)
+        result = train(options, models)
     except (TrainSetupError, PairProblems) as error:
         raise CommandError(str(error)) from error
     margins = result.metrics.get("last_logged", {}).get("rewards/margins")

@@ -6,6 +6,9 @@ higher score of model vs baseline wins.
   the chat-templated conversation: logit 0 is the score.
 - ``implicit``: an implicit reward pair, beta * (log pi(y|x) - log pi_ref(y|x)) from the scoring engine,
   with the cross-lingual reward prompt (the English instruction after the language directive; METHOD.md).
+
+Judge models are folders or Hugging Face hub ids (at ``revision``), resolved to a folder
+(``model_source.resolve_model``) and loaded from it only; remote code runs only with ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -48,12 +51,30 @@ class OracleJudge:
 class ClassifierJudge:
     """A reward model with a one-logit classification head, on the target-language conversation."""
 
-    def __init__(self, path: Path, device: str = "cpu", batch_size: int = 16) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        batch_size: int = 16,
+        *,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification
 
+        from xlreward.service.model_source import resolve_model
+        from xlreward.service.scoring.loading import LoadOptions, load_tokenizer
+
+        folder = resolve_model(
+            str(path), revision=revision, what="--judge-model", trust_remote_code=trust_remote_code
+        ).folder
+        load = LoadOptions(trust_remote_code=trust_remote_code)
         self.name = f"classifier:{path}"
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        self.tokenizer = load_tokenizer(folder, load)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), **load.from_pretrained_kwargs()
+        )
+        self.model = model.to(device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -88,13 +109,21 @@ class ImplicitJudge:
     """The method's implicit reward as a judge, scored with the English instruction."""
 
     def __init__(
-        self, policy: Path, reference: Path, *, device: str = "auto", directive: str | None = None
+        self,
+        policy: str | Path,
+        reference: str | Path,
+        *,
+        device: str = "auto",
+        directive: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
-        from xlreward.service.scoring.loading import load_engine
+        from xlreward.service.scoring.loading import LoadOptions, load_engine
         from xlreward.worker.settings import DEFAULT_DIRECTIVE
 
         self.name = f"implicit:{policy}|{reference}"
-        self.engine = load_engine(policy, reference, device=device)  # type: ignore[arg-type]
+        options = LoadOptions(revision=revision, trust_remote_code=trust_remote_code)
+        self.engine = load_engine(policy, reference, device=device, options=options)
         self.directive = directive or DEFAULT_DIRECTIVE
 
     def score(self, items: Sequence[Judged]) -> list[float]:
@@ -116,20 +145,24 @@ class ImplicitJudge:
 def build_judge(
     kind: JudgeKind,
     *,
-    model: Path | None = None,
-    policy: Path | None = None,
-    reference: Path | None = None,
+    model: str | Path | None = None,
+    policy: str | Path | None = None,
+    reference: str | Path | None = None,
     device: str = "cpu",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
-    """The judge asked for; raises ValueError naming the missing flag."""
+    """The judge asked for (``revision``: of its hub ids); raises ValueError naming the missing flag."""
     if kind == "oracle":
         return OracleJudge()
     if kind == "classifier":
         if model is None:
             raise ValueError("--judge classifier needs --judge-model: a sequence-classification reward model")
-        return ClassifierJudge(model, device=device)
+        return ClassifierJudge(model, device=device, revision=revision, trust_remote_code=trust_remote_code)
     if policy is None or reference is None:
         raise ValueError(
             "--judge implicit needs --judge-policy and --judge-reference (the DPO model and its SFT)"
         )
-    return ImplicitJudge(policy, reference, device=device)
+    return ImplicitJudge(
+        policy, reference, device=device, revision=revision, trust_remote_code=trust_remote_code
+    )

@@ -11,6 +11,11 @@ WR and LC come from ``winrate``. Written to OUT:
 
 Without a baseline only the model's mean judge score is reported. Outputs that are already in OUT (same
 instructions, same model) are reused, so an interrupted evaluation resumes.
+
+The model and the baseline are folders or Hugging Face hub ids (``revision``, ``baseline_revision``), each
+resolved to a folder when its outputs are sampled (``model_source.resolve_model``: the hub cache, fetched
+unless ``HF_HUB_OFFLINE`` is set) and loaded from that folder only; remote code runs only with
+``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -34,18 +39,21 @@ OUTPUTS_FILE = "model_outputs.json"
 class EvalOptions:
     instructions: Sequence[Path]
     languages: Sequence[str]
-    model: Path
+    model: str | Path  # a folder or a hub id
     out: Path
-    name: str | None = None  # the generator's name in model_outputs.json; default: the model folder's name
-    baseline: Path | None = None
+    name: str | None = None  # the generator's name in model_outputs.json; default: the model's last part
+    baseline: str | Path | None = None  # a folder or a hub id
     baseline_outputs: Path | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     device: str = "cpu"
     limit: int | None = None  # at most this many instructions per language
+    revision: str | None = None  # of ``model``, when it is a hub id
+    baseline_revision: str | None = None  # of ``baseline``, when it is a hub id
+    trust_remote_code: bool = False
 
     @property
     def generator(self) -> str:
-        return self.name or self.model.name
+        return self.name or Path(self.model).name
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,17 @@ def load_prompts(options: EvalOptions) -> dict[str, list[Prompt]]:
 
 
 def generate_outputs(
-    model_dir: Path, generator: str, prompts: dict[str, list[Prompt]], out: Path, options: EvalOptions
+    model: str | Path,
+    generator: str,
+    prompts: dict[str, list[Prompt]],
+    out: Path,
+    options: EvalOptions,
+    *,
+    revision: str | None = None,
+    what: str = "--model",
 ) -> dict[str, list[str]]:
-    """The outputs of ``model_dir`` for every prompt, from OUT if they are there, else sampled and written."""
+    """The outputs of ``model`` (a folder, or a hub id at ``revision``) for every prompt, from OUT if they are
+    there, else sampled and written. ``what`` names the model in messages."""
     outputs: dict[str, list[str]] = {}
     missing = {}
     for language, items in prompts.items():
@@ -87,11 +103,11 @@ def generate_outputs(
         else:
             outputs[language] = cached
     if missing:
-        model, tokenizer = _load(model_dir, options.device)
+        lm, tokenizer = _load(model, options, revision=revision, what=what)
         from xlreward.evaluation.sampling import sample
 
         for language, items in missing.items():
-            texts = sample(model, tokenizer, [p.instruction for p in items], options.sampling)
+            texts = sample(lm, tokenizer, [p.instruction for p in items], options.sampling)
             outputs[language] = [group[0] for group in texts]
             write_outputs(out / language / OUTPUTS_FILE, items, outputs[language], generator)
     return outputs
@@ -127,7 +143,9 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
     from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
 
     prompts = load_prompts(options)
-    model_outputs = generate_outputs(options.model, options.generator, prompts, options.out, options)
+    model_outputs = generate_outputs(
+        options.model, options.generator, prompts, options.out, options, revision=options.revision
+    )
     baseline_outputs = _baseline_outputs(options, prompts)
     results: dict[str, Any] = {}
     for language, items in prompts.items():
@@ -182,7 +200,13 @@ def _baseline_outputs(options: EvalOptions, prompts: dict[str, list[Prompt]]) ->
         return outputs
     if options.baseline is not None:
         return generate_outputs(
-            options.baseline, options.baseline.name, prompts, options.out / "baseline", options
+            options.baseline,
+            Path(options.baseline).name,
+            prompts,
+            options.out / "baseline",
+            options,
+            revision=options.baseline_revision,
+            what="--baseline",
         )
     return None
 
@@ -212,12 +236,19 @@ def _write_judged(
     _write_text(path, "".join(line + "\n" for line in lines))
 
 
-def _load(model_dir: Path, device: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load(name: str | Path, options: EvalOptions, *, revision: str | None, what: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of ``name`` resolved to a folder, loaded from that folder only."""
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
-    model = model.to(device).eval()
+    from xlreward.service.model_source import resolve_model
+    from xlreward.service.scoring.loading import LoadOptions, load_tokenizer
+
+    trust = options.trust_remote_code
+    folder = resolve_model(str(name), revision=revision, what=what, trust_remote_code=trust).folder
+    load = LoadOptions(trust_remote_code=trust)
+    tokenizer = load_tokenizer(folder, load)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), **load.from_pretrained_kwargs())
+    model = model.to(options.device).eval()
     return model, tokenizer
 
 

@@ -1,6 +1,10 @@
 """``xlreward iterate``: the method's loop (METHOD.md steps 7-8). Iteration t serves pi^t with its
 reference, annotates through it, trains pi^{t+1} on the pairs, and switches the service to the new pair.
 
+The config names its models (``sft``, ``policy``) as folders or Hugging Face hub ids; the loop resolves them
+to folders once, before anything loads (``IterateConfig.with_model_folders``: the hub cache at ``[train]
+revision``, fetched unless offline), so every model it serves or trains from afterwards is a folder.
+
 Each iteration's artefacts live in ``OUT/iter-<t>/`` (``annotate/``, ``train/``); each finished stage
 leaves a marker, so a crashed loop resumes at the stage it was in (the annotation and training stages
 resume within themselves too). The service is either one this loop starts (``xlreward serve`` on a free
@@ -10,18 +14,20 @@ loopback port, with a fresh admin key) or an existing one given by URL and admin
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from xlreward.service.choices import DeviceName, DtypeName
+from xlreward.service.model_source import resolve_model
 from xlreward.service.process import serve_process
 from xlreward.trainer.options import (
     TrainOptions,
@@ -33,6 +39,14 @@ from xlreward.trainer.options import (
 
 READY_TIMEOUT_S = 600.0
 SWITCH_TIMEOUT_S = 1800.0
+
+
+def _as_name(value: object) -> object:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+# A folder or a Hugging Face hub id, kept as written (a Path is taken as its str).
+ModelName = Annotated[str, BeforeValidator(_as_name)]
 
 
 class AnnotateSection(BaseModel):
@@ -92,8 +106,8 @@ class IterateConfig(BaseModel):
 
     out: Path
     iterations: int = Field(default=2, ge=1)
-    sft: Path  # pi_ref
-    policy: Path  # pi^0, the English-aligned model
+    sft: ModelName  # pi_ref: a folder (relative to the file) or a hub id
+    policy: ModelName  # pi^0, the English-aligned model: a folder or a hub id
     reference: Literal["sft", "previous"] = "sft"
     reward_policy: Literal["current", "initial"] = "current"
     train_reference: Literal["policy", "sft"] = "policy"
@@ -121,24 +135,56 @@ class IterateConfig(BaseModel):
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         config = cls.model_validate(data)
         base = path.parent  # relative paths in the file are relative to the file
-        updates: dict[str, Any] = {name: base / getattr(config, name) for name in ("out", "sft", "policy")}
+        updates: dict[str, Any] = {
+            name: _relative_name(base, getattr(config, name)) for name in ("sft", "policy")
+        }
+        updates["out"] = base / config.out
         updates["instructions"] = [base / p for p in config.instructions]
         return config.model_copy(update=updates)
 
+    def with_model_folders(self) -> IterateConfig:
+        """This config with ``sft`` and ``policy`` as folders: a hub id becomes its snapshot in the Hugging
+        Face cache at ``[train] revision`` (fetched first unless ``HF_HUB_OFFLINE`` is set). Torch-free.
+
+        Raises ``model_source.ModelNotFound`` (naming the key and, for a hub id, how to fetch it) or
+        ``ValueError`` (a revision given with a folder)."""
+        train = self.train.model_dump()
+        sources = {
+            key: resolve_model(
+                getattr(self, key),
+                revision=train["revision"],
+                what=key,
+                trust_remote_code=train["trust_remote_code"],
+            )
+            for key in ("sft", "policy")
+        }
+        for key, source in sources.items():
+            if source.hub_id is not None:
+                log(f"{key} {source.describe()}")
+        return self.model_copy(update={key: str(source.folder) for key, source in sources.items()})
+
     def generator_for(self, t: int) -> Path:
         """The policy that samples in iteration t (0-based), and that pi^{t+1} is trained from: pi^t."""
-        return self.policy if t == 0 else self.iteration_dir(t - 1) / "train" / "model"
+        return Path(self.policy) if t == 0 else self.iteration_dir(t - 1) / "train" / "model"
 
     def pair_for(self, t: int) -> tuple[Path, Path]:
         """(policy, reference) of the reward in iteration t (0-based)."""
         if self.reward_policy == "initial" or t == 0:
-            return self.policy, self.sft
+            return Path(self.policy), Path(self.sft)
         if self.reference == "sft":
-            return self.generator_for(t), self.sft
+            return self.generator_for(t), Path(self.sft)
         return self.generator_for(t), self.generator_for(t - 1)
 
     def iteration_dir(self, t: int) -> Path:
         return self.out / f"iter-{t + 1}"
+
+
+def _relative_name(base: Path, name: str) -> str:
+    """A folder relative to the config file's folder (``base``) when there is one; else the name as written
+    (a hub id, or an absolute path). A relative folder that exists only in the working directory is taken
+    relative to the file all the same, so it fails as a missing folder rather than loading another model."""
+    local = base / Path(name).expanduser()
+    return str(local) if local.is_dir() or Path(name).expanduser().is_dir() else name
 
 
 def log(message: str) -> None:
@@ -146,6 +192,8 @@ def log(message: str) -> None:
 
 
 def run_loop(config: IterateConfig) -> dict[str, Any]:
+    """Runs (or resumes) every iteration; the config's model names are resolved to folders first."""
+    config = config.with_model_folders()
     config.out.mkdir(parents=True, exist_ok=True)
     with reward_service(config) as (url, admin_key):
         history = [run_iteration(config, t, url, admin_key) for t in range(config.iterations)]
@@ -224,15 +272,16 @@ def annotate_stage(config: IterateConfig, out: Path, url: str) -> dict[str, Any]
 
 def train_options(config: IterateConfig, out: Path, policy: Path) -> TrainOptions:
     """The training run of an iteration in ``out`` (its pairs next to it, in ``annotate/``), from ``policy``:
-    ``[train]`` plus what the loop sets itself."""
-    reference = policy if config.train_reference == "policy" else config.sft
+    ``[train]`` plus what the loop sets itself. The models are folders by now (``with_model_folders``), so
+    ``[train] revision``, which applied to the config's hub ids, is not passed on."""
+    reference = policy if config.train_reference == "policy" else Path(config.sft)
     return TrainOptions(
         pairs=[out.parent / "annotate" / "pairs.jsonl"],
         policy=policy,
         reference=reference,
         out=out,
         device=config.device,
-        **config.train.model_dump(),
+        **{**config.train.model_dump(), "revision": None},
     )
 
 
@@ -271,6 +320,8 @@ def reward_service(config: IterateConfig) -> Iterator[tuple[str, str]]:
     admin_key = secrets.token_urlsafe(24)
     policy, reference = config.pair_for(0)
     env = {"XLREWARD_ADMIN_KEY": admin_key, "XLREWARD_DEVICE": config.device, "XLREWARD_DTYPE": config.dtype}
+    if config.train.model_dump()["trust_remote_code"]:  # what the loop serves needs the code it trains with
+        env["XLREWARD_TRUST_REMOTE_CODE"] = "true"
     log_path = config.out / "service.log"
     with serve_process(policy, reference, log_path=log_path, env=env, ready_timeout=READY_TIMEOUT_S) as url:
         log(f"reward service up at {url} (log: {log_path})")

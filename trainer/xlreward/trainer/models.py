@@ -1,12 +1,18 @@
-"""Loading the policy, the reference and the tokenizer for training, from local folders only.
+"""The policy, the reference and the tokenizer for training: named as folders or Hugging Face hub ids,
+resolved to folders once per run, then loaded from those folders only.
 
+- ``resolve_models`` decides, once and before torch is imported, which folder each name loads from
+  (``model_source.resolve_model``: a folder is itself; a hub id is its snapshot in the Hugging Face cache at
+  ``--revision``, fetched first unless ``HF_HUB_OFFLINE`` is set, and a message naming the id and how to
+  fetch it when it cannot be had). Everything after that loads from the folders (``local_files_only``),
+  with remote code only under ``--trust-remote-code`` and ``--attn-implementation`` passed on.
 - The policy is trained in float32 (master weights; bf16 only as autocast on GPU): an update of lr ~1e-7
   vanishes when added to bfloat16 weights. The final model is saved back in the policy checkpoint's own
-  dtype (``checkpoint_dtype``).
+  dtype (``checkpoint_dtype``, read from the resolved folder's config.json).
 - The reference is frozen: bfloat16 when training runs in bf16, float32 otherwise.
-- With ``--lora`` and ``--reference`` equal to ``--policy`` no reference model is loaded: TRL computes the
-  reference log-probs with the adapter disabled, which is exactly the starting policy (LoRA's B matrices
-  start at zero). Any other reference is loaded as its own model.
+- With ``--lora`` and ``--reference`` equal to ``--policy`` (the same folder, or the same hub id) no
+  reference model is loaded: TRL computes the reference log-probs with the adapter disabled, which is exactly
+  the starting policy (LoRA's B matrices start at zero). Any other reference is loaded as its own model.
 - Policy and reference must share the tokenizer (as for scoring), and it must have a chat template: the
   pairs are rendered as chat turns.
 """
@@ -14,21 +20,70 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from xlreward.service.model_source import ModelSource, resolve_model
 from xlreward.trainer.options import TrainOptions, TrainSetupError
+
+if TYPE_CHECKING:
+    from xlreward.service.scoring.loading import LoadOptions
 
 
 class ModelSetupError(TrainSetupError):
     """Checkpoints that cannot be trained as asked; the message says how to fix it."""
 
 
+@dataclass(frozen=True)
+class TrainModels:
+    """Where a run's policy and reference load from: each as named and the folder it resolved to."""
+
+    policy: ModelSource
+    reference: ModelSource
+
+    def on_folders(self, options: TrainOptions) -> TrainOptions:
+        """``options`` naming the resolved folders; without the revision, which applied to the names."""
+        return replace(
+            options, policy=str(self.policy.folder), reference=str(self.reference.folder), revision=None
+        )
+
+
+def resolve_models(options: TrainOptions) -> TrainModels:
+    """The folders of ``--policy`` and ``--reference`` (fetched into the hub cache unless offline).
+
+    Torch-free: the CLI runs it before importing torch. Raises ``ModelSetupError`` naming the flag."""
+    try:
+        policy = _resolve(options.policy, "--policy", options)
+        reference = (
+            policy if options.reference_is_policy else _resolve(options.reference, "--reference", options)
+        )
+    except (FileNotFoundError, ValueError) as error:  # model_source.ModelNotFound is a FileNotFoundError
+        raise ModelSetupError(str(error)) from error
+    return TrainModels(policy=policy, reference=reference)
+
+
+def _resolve(name: str | Path, flag: str, options: TrainOptions) -> ModelSource:
+    return resolve_model(
+        str(name), revision=options.revision, what=flag, trust_remote_code=options.trust_remote_code
+    )
+
+
+def load_options(options: TrainOptions) -> LoadOptions:
+    """How the run's checkpoints load (remote code, attention); the names are folders by now."""
+    from xlreward.service.scoring.loading import LoadOptions
+
+    return LoadOptions(
+        trust_remote_code=options.trust_remote_code, attn_implementation=options.attn_implementation
+    )
+
+
 def load_checked_tokenizer(options: TrainOptions) -> Any:
+    """The policy's tokenizer, checked; ``options`` name folders (``TrainModels.on_folders``)."""
     from xlreward.service.scoring.errors import ModelPairError
     from xlreward.service.scoring.loading import check_same_tokenizer, load_tokenizer
 
-    tokenizer = load_tokenizer(options.policy)
+    tokenizer = load_tokenizer(options.policy, load_options(options))
     if not tokenizer.chat_template:
         raise ModelSetupError(
             f"--policy {options.policy}: the tokenizer has no chat template; pairs are trained as chat "
@@ -36,34 +91,41 @@ def load_checked_tokenizer(options: TrainOptions) -> Any:
         )
     if not options.reference_is_policy:
         try:
-            check_same_tokenizer(tokenizer, load_tokenizer(options.reference))
+            check_same_tokenizer(tokenizer, load_tokenizer(options.reference, load_options(options)))
         except ModelPairError as error:
             raise ModelSetupError(str(error)) from error
     return tokenizer
 
 
-def checkpoint_dtype(path: Path) -> Any:
-    """The dtype a checkpoint's config.json declares (float32 when it declares none)."""
+def checkpoint_dtype(path: str | Path) -> Any:
+    """The dtype a checkpoint folder's config.json declares (float32 when it declares none)."""
     import torch
 
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     name = config.get("dtype") or config.get("torch_dtype") or "float32"
     dtype = getattr(torch, str(name), None)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def load_causal_lm(path: Path, dtype: Any) -> Any:
+def load_causal_lm(path: str | Path, dtype: Any, options: LoadOptions | None = None) -> Any:
+    """A causal LM from a folder, on the CPU in ``dtype`` and in train mode (the Trainer places it)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    from xlreward.service.scoring.loading import LoadOptions
+
+    extra = (options or LoadOptions()).from_pretrained_kwargs()  # local_files_only, remote code, attention
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **extra)
 
 
 def load_models(options: TrainOptions, *, bf16: bool) -> tuple[Any, Any | None]:
-    """(policy, reference); the reference is None when TRL should use the adapter-disabled policy."""
+    """(policy, reference) from the folders ``options`` name; the reference is None when TRL should use the
+    adapter-disabled policy."""
     import torch
 
-    policy = load_causal_lm(options.policy, torch.float32)
+    policy = load_causal_lm(options.policy, torch.float32, load_options(options))
     if options.lora and options.reference_is_policy:
         return policy, None
-    reference = load_causal_lm(options.reference, torch.bfloat16 if bf16 else torch.float32)
+    reference = load_causal_lm(
+        options.reference, torch.bfloat16 if bf16 else torch.float32, load_options(options)
+    )
     return policy, reference.eval()

@@ -5,9 +5,13 @@ its help text and its check (``field(metadata=...)``). ``xlreward train``'s flag
 (``xlreward.cli.train``) and the ``[train]`` section of ``xlreward iterate``'s TOML
 (``xlreward.trainer.loop.TrainSection``) are generated from it, so they cannot drift apart.
 
-Torch-free, so the CLI can build and check it before anything heavy is imported. Defaults follow METHOD.md
-step 7 where it says something (beta 0.1, NLL weight 1.0, lr ~1e-7 for full fine-tuning, effective batch 32
-= 4 pairs x 8 accumulation steps on one device) and common DPO practice where it does not.
+Torch-free, so the CLI can build and check it before anything heavy is imported: a ``--policy`` or
+``--reference`` that is neither a folder nor a valid hub id fails here (``model_source.check_model_name``);
+which folder a hub id loads from is decided once per run, by ``models.resolve_models``.
+
+Defaults follow METHOD.md step 7 where it says something (beta 0.1, NLL weight 1.0, lr ~1e-7 for full
+fine-tuning, effective batch 32 = 4 pairs x 8 accumulation steps on one device) and common DPO practice
+where it does not.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from xlreward.service.choices import DeviceName
+from xlreward.service.model_source import check_model_name
 
 DeviceChoice = DeviceName  # one declaration of the device choices: xlreward.service.choices
+# A folder or a Hugging Face hub id (org/name), kept as the str the user gave: "./x" and "x" differ (the first
+# is a path, the second may be a hub id), and Path would turn one into the other.
+ModelName = str | Path
 Check = Callable[[Any], "str | None"]  # an option's value -> what is wrong with it, or None
 
 FULL_FINETUNE_LR = 1e-7  # METHOD.md step 7: "lr ~1e-7" (full fine-tuning of an 8B model)
@@ -71,10 +79,13 @@ def _option(
 
 _COUNT = _at_least(1)
 _LR_DEFAULTS = f"{_lr_text(FULL_FINETUNE_LR)} full fine-tuning, {_lr_text(LORA_LR)} with --lora"
+_POLICY_HELP = "the checkpoint to train: a folder or a Hugging Face hub id (org/name)"
 _REFERENCE_HELP = (
-    "folder of the reference model (with --lora, the same folder as --policy means the policy with its "
+    "the reference model: a folder or a hub id (with --lora, the same as --policy means the policy with its "
     "adapter disabled: no second model is loaded)"
 )
+_REVISION_HELP = "hub revision (branch, tag or commit) of --policy and --reference; hub ids only"
+_ATTENTION_HELP = "transformers' attention implementation: sdpa, eager, flash_attention_2, ..."
 
 
 @dataclass(frozen=True)
@@ -83,9 +94,16 @@ class TrainOptions:
 
     # Stored as a tuple.
     pairs: Sequence[Path] = field(metadata=_option("JSONL pair files", per_iteration=False, metavar="FILE"))
-    policy: Path = field(metadata=_option("folder of the checkpoint to train", per_iteration=False))
-    reference: Path = field(metadata=_option(_REFERENCE_HELP, per_iteration=False))
+    policy: ModelName = field(metadata=_option(_POLICY_HELP, per_iteration=False))  # stored as str
+    reference: ModelName = field(metadata=_option(_REFERENCE_HELP, per_iteration=False))  # stored as str
     out: Path = field(metadata=_option("output folder (resumable)", per_iteration=False))
+    revision: str | None = field(default=None, metadata=_option(_REVISION_HELP, default_help="main"))
+    trust_remote_code: bool = field(
+        default=False, metadata=_option("run model code from the checkpoints (hub ids fetch their *.py)")
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata=_option(_ATTENTION_HELP, default_help="transformers' choice")
+    )
     beta: float = field(default=0.1, metadata=_option("DPO beta", check=_above(0, " (the method uses 0.1)")))
     nll_weight: float = field(
         default=1.0,
@@ -136,8 +154,9 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple(Path(p) for p in self.pairs))
-        for name in ("policy", "reference", "out"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
+        for name in ("policy", "reference"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        object.__setattr__(self, "out", Path(self.out))
         values = {option.name: getattr(self, option.name) for option in fields(self)}
         problems = option_problems(values) + _check_inputs(self)
         if problems:
@@ -151,14 +170,14 @@ class TrainOptions:
 
     @property
     def reference_is_policy(self) -> bool:
-        """The reference is the policy's own starting point (same folder)."""
-        return self.policy.resolve() == self.reference.resolve()
+        """The reference is the policy's own starting point: the same folder, or the same hub id (one
+        ``revision`` applies to both); once resolved (``TrainModels.on_folders``), the same folder."""
+        return _model_key(self.policy) == _model_key(self.reference)
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record["pairs"] = [str(p) for p in self.pairs]
-        for name in ("policy", "reference", "out"):
-            record[name] = str(record[name])
+        record["out"] = str(record["out"])
         record["resolved_learning_rate"] = self.resolved_learning_rate
         return record
 
@@ -202,12 +221,19 @@ def option_problems(values: Mapping[str, Any], name: Callable[[str], str] = flag
     return problems
 
 
+def _model_key(name: ModelName) -> Path:
+    """The same key for the same folder however it is spelled, and for the same hub id."""
+    return Path(name).expanduser().resolve()
+
+
 def _check_inputs(options: TrainOptions) -> list[str]:
     problems = [] if options.pairs else ["--pairs: give at least one JSONL file of preference pairs"]
     problems += [f"--pairs {path}: no such file" for path in options.pairs if not path.is_file()]
-    for flag_name, path in (("--policy", options.policy), ("--reference", options.reference)):
-        if not path.is_dir():
-            problems.append(f"{flag_name} {path}: no such checkpoint folder")
+    for flag_name, name in (("--policy", options.policy), ("--reference", options.reference)):
+        try:  # cheap: a folder, or a valid hub id; nothing is fetched and torch is not imported
+            check_model_name(str(name), revision=options.revision, what=flag_name)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(str(error))
     if options.out.exists() and not options.out.is_dir():
         problems.append(f"--out {options.out}: exists and is not a folder")
     return problems

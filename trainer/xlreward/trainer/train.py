@@ -4,14 +4,17 @@ Programmatic API::
 
     from xlreward.trainer.train import TrainOptions, train
 
-    result = train(TrainOptions(pairs=[Path("runs/iter1/pairs.jsonl")], policy=Path("/models/sft-dpo"),
-                                reference=Path("/models/sft"), out=Path("runs/iter1/train")))
+    result = train(TrainOptions(pairs=[Path("runs/iter1/pairs.jsonl")], policy="org/llama3-sft-dpo",
+                                reference="/models/sft", out=Path("runs/iter1/train")))
     result.model_dir  # -> runs/iter1/train/model, loadable by `xlreward serve --policy`
 
 What happens, in order:
 
-1. The tokenizer is loaded and checked (chat template; the same as the reference's), and every pair is read
-   and validated (``data.py``) before any model is loaded: a bad file fails in seconds, with ``file:line``.
+1. ``--policy`` and ``--reference`` (folders or Hugging Face hub ids at ``--revision``) are resolved to
+   folders once (``models.resolve_models``; the CLI does it before importing torch), and everything after
+   loads from those folders. The tokenizer is loaded and checked (chat template; the same as the
+   reference's), and every pair is read and validated (``data.py``) before any model is loaded: a bad file
+   fails in seconds, with ``file:line``.
 2. If OUT/checkpoints holds a checkpoint, the run RESUMES from the newest one (model, optimizer, scheduler,
    RNG and data position), so re-running the same command after a crash continues where it stopped. Steps
    logged after that checkpoint are dropped from metrics.jsonl and logged again.
@@ -40,7 +43,13 @@ from typing import Any
 from xlreward.trainer.config import dpo_config, lora_config, resolve_device, use_bf16
 from xlreward.trainer.data import DataSummary, Row, load_pairs, to_dataset
 from xlreward.trainer.export import save_final_model, weights_are_sharded
-from xlreward.trainer.models import checkpoint_dtype, load_checked_tokenizer, load_models
+from xlreward.trainer.models import (
+    TrainModels,
+    checkpoint_dtype,
+    load_checked_tokenizer,
+    load_models,
+    resolve_models,
+)
 from xlreward.trainer.options import TrainOptions, TrainSetupError
 from xlreward.trainer.outputs import (
     MetricsFile,
@@ -73,7 +82,8 @@ def is_main_process() -> bool:
 def build_trainer(
     options: TrainOptions, rows: list[Row], tokenizer: Any, *, device: str, callbacks: list[Any] | None = None
 ) -> Any:
-    """TRL's DPOTrainer for ``options`` on the validated conversational ``rows``."""
+    """TRL's DPOTrainer for ``options`` (naming folders: ``TrainModels.on_folders``) on the validated
+    conversational ``rows``."""
     from trl.trainer.dpo_trainer import DPOTrainer
 
     args = dpo_config(options, device=device, output_dir=OutputPaths(options.out).checkpoints)
@@ -89,12 +99,17 @@ def build_trainer(
     )
 
 
-def _config_record(options: TrainOptions, device: str, resumed_from: Path | None) -> dict[str, Any]:
+def _config_record(
+    named: TrainOptions, options: TrainOptions, models: TrainModels, device: str, resumed_from: Path | None
+) -> dict[str, Any]:
+    """What was asked (``named``: the options as given) and what it came to (``options`` on the resolved
+    folders; lr, device, ...)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     return {
         "command": sys.argv,
-        "options": options.to_json(),
+        "options": named.to_json(),
         "resolved": {
+            "policy": models.policy.describe(),
             "learning_rate": options.resolved_learning_rate,
             "device": device,
             "bf16": use_bf16(device),
@@ -104,7 +119,7 @@ def _config_record(options: TrainOptions, device: str, resumed_from: Path | None
             "reference": (
                 "the policy with its LoRA adapter disabled"
                 if options.lora and options.reference_is_policy
-                else str(options.reference)
+                else models.reference.describe()
             ),
             "resumed_from": str(resumed_from) if resumed_from else None,
         },
@@ -117,8 +132,13 @@ def _announce(message: str) -> None:
         print(f"xlreward train: {message}", file=sys.stderr, flush=True)
 
 
-def train(options: TrainOptions) -> TrainResult:
-    """Validates the pairs, trains (resuming when OUT/checkpoints has a checkpoint) and writes OUT."""
+def train(options: TrainOptions, models: TrainModels | None = None) -> TrainResult:
+    """Validates the pairs, trains (resuming when OUT/checkpoints has a checkpoint) and writes OUT.
+
+    ``models``: ``resolve_models(options)`` when the caller has resolved the names already (the CLI, before
+    importing torch); resolved here otherwise."""
+    models = models or resolve_models(options)
+    named, options = options, models.on_folders(options)  # from here on, every model loads from a folder
     paths = OutputPaths(options.out)
     device = resolve_device(options.device)
     tokenizer = load_checked_tokenizer(options)
@@ -129,7 +149,7 @@ def train(options: TrainOptions) -> TrainResult:
     _announce(f"{data.summary.pairs} pairs from {len(options.pairs)} file(s), {skipped} skipped")
     resume = last_checkpoint(paths.checkpoints)
     if is_main_process():
-        write_json(paths.train_config, _config_record(options, device, resume))
+        write_json(paths.train_config, _config_record(named, options, models, device, resume))
         write_json(paths.data_summary, data.summary.to_json())
         if resume is None:
             paths.metrics.unlink(missing_ok=True)
