@@ -225,3 +225,30 @@ def test_an_unreachable_hub_falls_back_to_the_cache_then_fails_clearly(tmp_path:
     assert "the Hub could not be reached (ConnectError" in lines[0]
     assert "`hf download org/absent --revision main`" in lines[0]
     assert lines[1:] == [f"good: {snapshot}", "heavy: []"]
+
+
+def test_serve_offline_with_an_uncached_id_fails_at_start_naming_it(tmp_path: Path) -> None:
+    """A server that could never load its model exits at once with the fetch command (exit 2, before torch),
+    rather than starting and reporting the failure on /readyz; a cached id passes the same check."""
+    xlreward = str(Path(sys.executable).with_name("xlreward"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    command = [
+        xlreward,
+        "serve",
+        "--policy",
+        "org/not-cached",
+        "--reference",
+        "org/not-cached",
+        "--port",
+        "1",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "org/not-cached" in done.stderr and "hf download org/not-cached" in done.stderr
+    populate_hub_cache(tmp_path / "hub", "org/tiny", model_files(tmp_path / "src", "main"))
+    code = (
+        "from xlreward.service.settings import ServiceSettings\n"
+        "ServiceSettings(policy='org/tiny', reference='org/tiny')\n"
+        "print('ok')"
+    )
+    assert run_python(code, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub")).stdout.strip() == "ok"

@@ -49,6 +49,7 @@ __all__ = [
     "IGNORE_PATTERNS",
     "ModelNotFound",
     "ModelSource",
+    "check_model_available",
     "check_model_name",
     "download_patterns",
     "resolve_model",
@@ -104,6 +105,20 @@ def check_model_name(name: str, *, revision: str | None = None, what: str = "--p
     Raises ``ModelNotFound`` for a path-like name with no folder behind it (without importing
     huggingface_hub) and for an invalid hub id; ``ValueError`` for a revision given with a folder."""
     _folder_or_hub_id(name, revision, what)
+
+
+def check_model_available(
+    name: str, *, revision: str | None = None, what: str = "--policy", trust_remote_code: bool = False
+) -> None:
+    """``check_model_name``, and while offline (``HF_HUB_OFFLINE``) that a hub id's snapshot is in the cache:
+    a lookup that loads nothing, so a server with a model it can never load fails at start with the fetch
+    command instead of starting and reporting it on /readyz. Online, fetching is loading's job."""
+    found = _folder_or_hub_id(name, revision, what)
+    if isinstance(found, str):
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            _cached_snapshot(found, revision, what, trust_remote_code, None, None)
 
 
 def resolve_model(

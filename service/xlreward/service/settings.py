@@ -14,7 +14,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from xlreward.service.choices import DEVICE_PATTERN, DeviceMapName, DeviceName, DtypeName
-from xlreward.service.model_source import check_model_name
+from xlreward.service.model_source import check_model_available, check_model_name
 from xlreward.service.models_config import ModelSpec, load_models_file, single_pair
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
@@ -131,6 +131,15 @@ class ServiceSettings(BaseSettings):
         else:
             assert self.policy is not None and self.reference is not None
             self._specs = [single_pair(self.policy, self.reference, self.revision)]
+        for spec in self._specs:  # offline, a hub id missing from the cache fails here, not after start-up
+            for role, source in spec.sources.items():
+                what = f"--{role}" if self.models is None else f"model {spec.name!r}: {role}"
+                try:
+                    check_model_available(
+                        source, revision=spec.revision, what=what, trust_remote_code=self.trust_remote_code
+                    )
+                except FileNotFoundError as error:
+                    raise ValueError(str(error)) from None
         return self
 
     def model_specs(self) -> list[ModelSpec]:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xlreward.service.dependencies import RuntimeDep
 from xlreward.service.errors import ERROR_RESPONSES, ServiceError
-from xlreward.service.model_source import check_model_name
+from xlreward.service.model_source import check_model_available
 from xlreward.service.models_config import ModelSpec
 from xlreward.service.runtime import ModelSlot
 from xlreward.service.scoring.errors import ScoringError
@@ -116,7 +116,7 @@ async def switch_model(body: ModelSwitch, runtime: RuntimeDep, _: AdminDep) -> S
     try:
         spec = ModelSpec.model_validate({**slot.spec.model_dump(), "revision": None, **changes})
         for role, source in spec.sources.items():
-            check_model_name(source, revision=spec.revision, what=role)
+            check_model_available(source, revision=spec.revision, what=role)
     except (ValidationError, ValueError, FileNotFoundError) as error:
         raise ServiceError(422, "bad_model", f"model {slot.spec.name!r} was not switched: {error}") from None
     try:
