@@ -226,14 +226,18 @@ def load_engine(
     shared = bases.get(key, load_reference)
     with bases.lock:  # adding an adapter and the engine's start-up checks change the shared modules
         name = shared.attach(policy_dir)
-        engine = ScoringEngine(
-            shared.model,
-            None,
-            tokenizer,
-            template=template,
-            config=config,
-            policy_context=shared.activation(name),
-        )
+        try:
+            engine = ScoringEngine(
+                shared.model,
+                None,
+                tokenizer,
+                template=template,
+                config=config,
+                policy_context=shared.activation(name),
+            )
+        except Exception:  # an engine that failed its checks leaves no adapter behind
+            shared.retire(name)
+            raise
     retire_with(engine, shared, name)
     return engine
 
