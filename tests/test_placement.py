@@ -45,7 +45,7 @@ def test_a_device_map_scores_as_one_device_does(llama_pair, model_cache) -> None
     )
 
 
-def test_placements_that_cannot_work_are_refused_with_the_fix() -> None:
+def test_placements_that_cannot_work_are_refused_with_the_fix(llama_pair) -> None:  # type: ignore[no-untyped-def]
     pair = {"name": "m", "policy": "org/dpo", "reference": "org/sft"}
     with pytest.raises(ValidationError, match="drop device and reference_device"):
         ModelSpec.model_validate({**pair, "device_map": "auto", "reference_device": "cuda:1"})
@@ -56,7 +56,12 @@ def test_placements_that_cannot_work_are_refused_with_the_fix() -> None:
     with pytest.raises(ValidationError, match="pattern"):
         ModelSpec.model_validate({**pair, "device": "gpu0"})
     with pytest.raises(ValidationError, match="drop reference_device"):
-        ServiceSettings(policy="a", reference="b", device_map="auto", reference_device="cuda:1")
+        ServiceSettings(
+            policy=llama_pair.policy,
+            reference=llama_pair.reference,
+            device_map="auto",
+            reference_device="cuda:1",
+        )
     assert ModelSpec.model_validate(
         {**pair, "device": "cuda:0", "reference_device": "cuda:1"}
     ).reference_device
