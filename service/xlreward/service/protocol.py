@@ -188,6 +188,62 @@ class GenerateResponse(BaseModel):
     model: str
 
 
+# --- /best-of-n ----------------------------------------------------------------------------------------
+
+
+class BestOfNPrompt(BaseModel):
+    """What to sample from, and what to score the samples against: ``reward_prompt`` when given (the
+    English instruction behind a target-language prompt, as cross-lingual rewarding scores), else
+    ``prompt`` itself (as "Reuse Your Rewards" scores)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | int | None = None
+    prompt: Prompt
+    reward_prompt: Prompt | None = None
+
+
+class BestOfNRequest(SamplingParams):
+    """``n`` samples per prompt, each scored by the reward model ``model`` names (default: the first
+    served), returned best first. ``sampler``: the served implicit model whose policy samples (default:
+    the server's generation backend, i.e. the first model's policy or the upstream). ``truncate`` (on by
+    default): a sample too long for the reward model's context is cut, and says so, instead of failing
+    the request."""
+
+    n: int = Field(default=16, ge=1, le=64)
+    prompts: list[BestOfNPrompt] = Field(min_length=1)
+    model: str | None = None
+    sampler: str | None = None
+    raw: bool = False
+    truncate: bool = True
+
+
+class Candidate(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    index: int  # the sample's position among the prompt's n
+    text: str
+    score: float  # the reward model's reward, as /reward gives it for (reward prompt, text)
+    finish_reason: FinishReason
+    truncated: bool = False  # cut to fit the reward model's context before it was scored
+
+
+class BestOfNResult(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    id: str | int | None = None
+    best: Candidate
+    candidates: list[Candidate]  # highest score first
+
+
+class BestOfNResponse(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    results: list[BestOfNResult]  # one per prompt, in request order
+    model: str  # the reward model that scored
+    sampler: str  # the model that sampled
+
+
 # --- OpenAI-compatible ---------------------------------------------------------------------------------
 
 

@@ -160,30 +160,56 @@ class Runtime:
         log.info("model %r loaded (%s); scoring on %s", slot.spec.name, sources, model.describe())
 
     def _build_generator(self, model: RewardModel) -> Any:
-        from xlreward.service.generation import OpenAIUpstream, TransformersGenerator
+        from xlreward.service.generation import OpenAIUpstream
 
         s = self.settings
-        tokenizer = getattr(model, "tokenizer", None)
         if s.generation_backend == "openai":
             assert s.upstream_url is not None  # settings validation guarantees it
             return OpenAIUpstream(
                 s.upstream_url,
                 model=s.upstream_model or self.model_name,
                 api_key=s.upstream_api_key,
-                tokenizer=tokenizer,
+                tokenizer=getattr(model, "tokenizer", None),
             )
+        return self._local_generator(model, self.model_name)
+
+    def _local_generator(self, model: RewardModel, name: str) -> Any:
+        """Built-in sampling from an implicit model's policy (under the model lock, in its adapter's
+        context); None for a classifier, which has no language model to sample from."""
+        from xlreward.service.generation import TransformersGenerator
+
         policy = getattr(model, "policy", None)
-        if policy is None:  # a classifier has no language model to sample from
+        if policy is None:
             return None
         return TransformersGenerator(
             policy,
-            tokenizer,
-            model_name=self.model_name,
+            getattr(model, "tokenizer"),  # noqa: B009 (an implicit model's)
+            model_name=name,
             lock=self.model_lock,
-            context=getattr(model, "policy_context"),  # noqa: B009 (an implicit model's)
+            context=getattr(model, "policy_context"),  # noqa: B009
             max_length=model.max_length,
-            stop_token_ids=getattr(model, "item_tokenizer").stop_ids,  # noqa: B009 (an implicit model's)
+            stop_token_ids=getattr(model, "item_tokenizer").stop_ids,  # noqa: B009
         )
+
+    def sampler(self, name: str | None) -> tuple[Any, str]:
+        """The generation backend a request samples from, and its name: the server's (the first model's
+        policy, or the upstream) for None, else the named served implicit model's policy."""
+        if name is None:
+            return self.generator, self.model_name
+        loaded = self.require_model(name)
+        if self.settings.generation_backend == "openai":
+            raise ServiceError(
+                400,
+                "invalid_request",
+                "sampling goes to the upstream server here (XLREWARD_UPSTREAM_URL): drop sampler, or name "
+                "the model in the upstream's own request",
+            )
+        generator = self._local_generator(loaded.model, name)
+        if generator is None:
+            raise ServiceError(
+                400, "invalid_request", f"sampler {name!r} is a classifier: name an implicit model to sample"
+            )
+        return generator, name
 
     async def stop(self) -> None:
         self.scheduler.stop()

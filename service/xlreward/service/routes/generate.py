@@ -61,7 +61,10 @@ async def chat_completions(
     return _openai_envelope("chat.completion", response.model, choices, response)
 
 
-async def run_generation(request: GenerateRequest, runtime: Runtime) -> GenerateResponse:
+async def run_generation(
+    request: GenerateRequest, runtime: Runtime, generator: Any | None = None
+) -> GenerateResponse:
+    """Samples with ``generator`` (default: the server's backend)."""
     runtime.require_ready()
     count = len(request.prompts) * request.n
     limit = runtime.settings.max_items_per_request
@@ -71,14 +74,15 @@ async def run_generation(request: GenerateRequest, runtime: Runtime) -> Generate
             "too_many_items",
             f"the request asks for {count} completions (prompts x n) but the limit is {limit}: split it",
         )
-    if runtime.generator is None:
+    generator = generator or runtime.generator
+    if generator is None:
         raise ServiceError(
             400,
             "no_generator",
             f"the first served model ({runtime.first_slot().spec.name!r}) is a classifier, which has no "
             "language model to sample from: list an implicit model first, or set XLREWARD_UPSTREAM_URL",
         )
-    result: GenerateResponse = await runtime.generator.generate(request)
+    result: GenerateResponse = await generator.generate(request)
     return result
 
 

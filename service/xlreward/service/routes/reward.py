@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from xlreward.service.dependencies import RuntimeDep, TenantDep
 from xlreward.service.errors import ERROR_RESPONSES, ServiceError, item_error
 from xlreward.service.protocol import GroupResult, RankedResult, RewardRequest, RewardResponse, Usage
-from xlreward.service.runtime import LoadedModel
+from xlreward.service.runtime import LoadedModel, Runtime
 from xlreward.service.scheduler import Cancelled, Scheduler, Ticket, Unit, wait_for_ticket
 from xlreward.service.scoring.errors import ItemError
 from xlreward.service.scoring.reward_model import ItemReward, WorkUnit
@@ -27,6 +27,13 @@ async def reward(
 ) -> RewardResponse:
     """Scores ``items`` (results in input order) and ``groups`` (one prompt, several responses; the prompt
     is computed once and the results come back ranked by reward) with the model ``model`` names."""
+    return await score_request(body, request, runtime, tenant)
+
+
+async def score_request(
+    body: RewardRequest, request: Request, runtime: Runtime, tenant: str
+) -> RewardResponse:
+    """/reward's work, for any route that scores: through the scheduler, as ``tenant``."""
     loaded = runtime.require_model(body.model)
     if body.beta is not None and loaded.model.beta is None:
         raise ServiceError(
