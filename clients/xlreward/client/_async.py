@@ -79,12 +79,18 @@ class AsyncRewardClient(ClientSettings):
         )
 
     async def reward(
-        self, items: Iterable[payloads.ItemLike], *, beta: float | None = None, truncate: bool = False
+        self,
+        items: Iterable[payloads.ItemLike],
+        *,
+        beta: float | None = None,
+        truncate: bool = False,
+        model: str | None = None,
     ) -> list[RewardResult]:
         """One result per item, in input order (ids kept). ``beta`` overrides the server's default scale;
-        ``truncate`` cuts responses too long for the model's context instead of refusing them."""
+        ``truncate`` cuts responses too long for the model's context instead of refusing them; ``model``
+        names a served reward model (default: the server's first)."""
         requests = payloads.item_requests(
-            items, beta=beta, truncate=truncate, limit=self.max_items_per_request
+            items, beta=beta, truncate=truncate, limit=self.max_items_per_request, model=model
         )
         answers = await gather_bounded(
             [self._score(request) for request in requests], MAX_CONCURRENT_REQUESTS
@@ -92,11 +98,16 @@ class AsyncRewardClient(ClientSettings):
         return [result for answer in answers for result in answer.results]
 
     async def reward_groups(
-        self, groups: Iterable[payloads.GroupLike], *, beta: float | None = None, truncate: bool = False
+        self,
+        groups: Iterable[payloads.GroupLike],
+        *,
+        beta: float | None = None,
+        truncate: bool = False,
+        model: str | None = None,
     ) -> list[GroupResult]:
         """One GroupResult per group, in input order, each ranked highest reward first."""
         requests = payloads.group_requests(
-            groups, beta=beta, truncate=truncate, limit=self.max_items_per_request
+            groups, beta=beta, truncate=truncate, limit=self.max_items_per_request, model=model
         )
         answers = await gather_bounded(
             [self._score(request) for request in requests], MAX_CONCURRENT_REQUESTS
@@ -111,10 +122,11 @@ class AsyncRewardClient(ClientSettings):
         id: str | int | None = None,
         beta: float | None = None,
         truncate: bool = False,
+        model: str | None = None,
     ) -> GroupResult:
         """Several responses to one prompt, ranked highest reward first (``index``: input position)."""
         group = {"id": id, "prompt": prompt, "responses": list(responses)}
-        return (await self.reward_groups([group], beta=beta, truncate=truncate))[0]
+        return (await self.reward_groups([group], beta=beta, truncate=truncate, model=model))[0]
 
     async def generate(
         self,

@@ -39,18 +39,18 @@ def _coerce(entries: Iterable[M | Mapping[str, Any]], model: type[M], what: str)
 
 
 def item_requests(
-    items: Iterable[ItemLike], *, beta: float | None, truncate: bool, limit: int
+    items: Iterable[ItemLike], *, beta: float | None, truncate: bool, limit: int, model: str | None = None
 ) -> list[RewardRequest]:
     """One request per ``limit`` items, in order."""
     checked = _coerce(items, RewardItem, "reward()")
     return [
-        RewardRequest(items=checked[start : start + limit], beta=beta, truncate=truncate)
+        RewardRequest(model=model, items=checked[start : start + limit], beta=beta, truncate=truncate)
         for start in range(0, len(checked), limit)
     ]
 
 
 def group_requests(
-    groups: Iterable[GroupLike], *, beta: float | None, truncate: bool, limit: int
+    groups: Iterable[GroupLike], *, beta: float | None, truncate: bool, limit: int, model: str | None = None
 ) -> list[RewardRequest]:
     """Groups packed in order into requests of at most ``limit`` responses in all. A group is never split:
     one larger than ``limit`` goes alone, and the server says whether it takes it."""
@@ -62,7 +62,7 @@ def group_requests(
             size = 0
         chunks[-1].append(group)
         size += len(group.responses)
-    return [RewardRequest(groups=chunk, beta=beta, truncate=truncate) for chunk in chunks]
+    return [RewardRequest(model=model, groups=chunk, beta=beta, truncate=truncate) for chunk in chunks]
 
 
 def generate_requests(

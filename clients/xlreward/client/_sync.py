@@ -57,21 +57,32 @@ class RewardClient(ClientSettings):
         )
 
     def reward(
-        self, items: Iterable[payloads.ItemLike], *, beta: float | None = None, truncate: bool = False
+        self,
+        items: Iterable[payloads.ItemLike],
+        *,
+        beta: float | None = None,
+        truncate: bool = False,
+        model: str | None = None,
     ) -> list[RewardResult]:
         """One result per item, in input order (ids kept). ``beta`` overrides the server's default scale;
-        ``truncate`` cuts responses too long for the model's context instead of refusing them."""
+        ``truncate`` cuts responses too long for the model's context instead of refusing them; ``model``
+        names a served reward model (default: the server's first)."""
         requests = payloads.item_requests(
-            items, beta=beta, truncate=truncate, limit=self.max_items_per_request
+            items, beta=beta, truncate=truncate, limit=self.max_items_per_request, model=model
         )
         return [result for request in requests for result in self._score(request).results]
 
     def reward_groups(
-        self, groups: Iterable[payloads.GroupLike], *, beta: float | None = None, truncate: bool = False
+        self,
+        groups: Iterable[payloads.GroupLike],
+        *,
+        beta: float | None = None,
+        truncate: bool = False,
+        model: str | None = None,
     ) -> list[GroupResult]:
         """One GroupResult per group, in input order, each ranked highest reward first."""
         requests = payloads.group_requests(
-            groups, beta=beta, truncate=truncate, limit=self.max_items_per_request
+            groups, beta=beta, truncate=truncate, limit=self.max_items_per_request, model=model
         )
         return [group for request in requests for group in self._score(request).groups]
 
@@ -83,10 +94,11 @@ class RewardClient(ClientSettings):
         id: str | int | None = None,
         beta: float | None = None,
         truncate: bool = False,
+        model: str | None = None,
     ) -> GroupResult:
         """Several responses to one prompt, ranked highest reward first (``index``: input position)."""
         group = {"id": id, "prompt": prompt, "responses": list(responses)}
-        return self.reward_groups([group], beta=beta, truncate=truncate)[0]
+        return self.reward_groups([group], beta=beta, truncate=truncate, model=model)[0]
 
     def generate(
         self,
