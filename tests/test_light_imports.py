@@ -33,6 +33,7 @@ def modules_loaded_by(code: str) -> set[str]:
         HELP.format(argv=["annotate", "--help"]),
         HELP.format(argv=["worker", "--help"]),
         HELP.format(argv=["train", "--help"]),
+        HELP.format(argv=["train-rm", "--help"]),
         HELP.format(argv=["iterate", "--help"]),
         HELP.format(argv=["eval", "--help"]),
         HELP.format(argv=["demo", "--help"]),

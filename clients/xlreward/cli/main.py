@@ -6,7 +6,7 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from xlreward.cli import annotate, demo, evaluate, iterate, score, serve, train, worker
+from xlreward.cli import annotate, demo, evaluate, iterate, score, serve, train, train_rm, worker
 
 
 class CommandError(Exception):
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.register(commands)
     worker.register(commands)
     train.register(commands)
+    train_rm.register(commands)
     iterate.register(commands)
     evaluate.register(commands)
     demo.register(commands)

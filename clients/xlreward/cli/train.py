@@ -34,16 +34,18 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def add_option_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field of ``TrainOptions`` (its one declaration: type, default, help), named after it."""
+def add_option_flags(parser: argparse.ArgumentParser, kind: type[Any] | None = None) -> None:
+    """One flag per field of ``TrainOptions`` (or of ``kind``, an options dataclass declared the same way:
+    ``RewardTrainOptions``), from its one declaration (type, default, help), named after it."""
     from xlreward.trainer.options import TrainOptions, flag, option_help, option_types
 
-    types = option_types()
-    for option in fields(TrainOptions):
-        kind = _argument_kind(types[option.name], option.default)
+    kind = kind or TrainOptions
+    types = option_types(kind)
+    for option in fields(kind):
+        argument = _argument_kind(types[option.name], option.default)
         if option.metadata["metavar"]:
-            kind["metavar"] = option.metadata["metavar"]
-        parser.add_argument(flag(option.name), help=option_help(option), **kind)
+            argument["metavar"] = option.metadata["metavar"]
+        parser.add_argument(flag(option.name), help=option_help(option), **argument)
 
 
 def _argument_kind(annotation: Any, default: Any) -> dict[str, Any]:
@@ -63,10 +65,12 @@ def _argument_kind(annotation: Any, default: Any) -> dict[str, Any]:
     return {**kind, "type": annotation}
 
 
-def options_from_args(args: argparse.Namespace) -> Any:
+def options_from_args(args: argparse.Namespace, kind: type[Any] | None = None) -> Any:
+    """The ``TrainOptions`` (or ``kind``) the flags of ``add_option_flags`` give."""
     from xlreward.trainer.options import TrainOptions
 
-    return TrainOptions(**{option.name: getattr(args, option.name) for option in fields(TrainOptions)})
+    kind = kind or TrainOptions
+    return kind(**{option.name: getattr(args, option.name) for option in fields(kind)})
 
 
 def run(args: argparse.Namespace) -> int:

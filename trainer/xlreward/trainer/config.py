@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xlreward.trainer.options import DeviceChoice, TrainOptions, TrainSetupError
+from xlreward.trainer.options import DeviceChoice, RewardTrainOptions, TrainOptions, TrainSetupError
 
 
 def resolve_device(choice: DeviceChoice) -> str:
@@ -49,37 +49,60 @@ def dpo_config(options: TrainOptions, *, device: str, output_dir: Path) -> Any:
 
     loss_type, loss_weights = loss_terms(options.nll_weight)
     return DPOConfig(
-        output_dir=str(output_dir),
         beta=options.beta,
         loss_type=loss_type,
         loss_weights=loss_weights,
-        learning_rate=options.resolved_learning_rate,
-        num_train_epochs=options.epochs,
-        max_steps=options.max_steps if options.max_steps is not None else -1,
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.grad_accum,
-        warmup_steps=options.warmup_ratio,  # a float below 1 is a fraction of the training steps
-        max_length=options.max_length,
         truncation_mode="keep_start",
         precompute_ref_log_probs=False,
-        activation_checkpointing=options.gradient_checkpointing,
-        use_cpu=device == "cpu",
-        bf16=use_bf16(device),
-        fp16=False,
-        report_to="none",
-        logging_steps=options.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=options.save_steps,
-        save_total_limit=options.save_total_limit,
-        seed=options.seed,
-        data_seed=options.seed,
-        dataloader_num_workers=0,
+        **_run_arguments(options, device=device, output_dir=output_dir),
     )
 
 
-def lora_config(options: TrainOptions) -> Any:
-    """LoRA on every linear projection of the transformer blocks (not the LM head, which TRL refuses)."""
+def reward_config(options: RewardTrainOptions, *, device: str, output_dir: Path) -> Any:
+    """TRL's RewardConfig: the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), no reward centring;
+    held-out pairs are evaluated once, after training, in batches of ``batch_size``."""
+    from trl.trainer.reward_config import RewardConfig
+
+    return RewardConfig(
+        per_device_eval_batch_size=options.batch_size,
+        eval_strategy="no",
+        center_rewards_coefficient=None,
+        **_run_arguments(options, device=device, output_dir=output_dir),
+    )
+
+
+def _run_arguments(
+    options: TrainOptions | RewardTrainOptions, *, device: str, output_dir: Path
+) -> dict[str, Any]:
+    """The TrainingArguments both trainers take the same way: steps, batching, precision, logging, saving."""
+    return {
+        "output_dir": str(output_dir),
+        "learning_rate": options.resolved_learning_rate,
+        "num_train_epochs": options.epochs,
+        "max_steps": options.max_steps if options.max_steps is not None else -1,
+        "per_device_train_batch_size": options.batch_size,
+        "gradient_accumulation_steps": options.grad_accum,
+        "warmup_steps": options.warmup_ratio,  # a float below 1 is a fraction of the training steps
+        "max_length": options.max_length,
+        "activation_checkpointing": options.gradient_checkpointing,
+        "use_cpu": device == "cpu",
+        "bf16": use_bf16(device),
+        "fp16": False,
+        "report_to": "none",
+        "logging_steps": options.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": options.save_steps,
+        "save_total_limit": options.save_total_limit,
+        "seed": options.seed,
+        "data_seed": options.seed,
+        "dataloader_num_workers": 0,
+    }
+
+
+def lora_config(options: TrainOptions | RewardTrainOptions) -> Any:
+    """LoRA on every linear projection of the transformer blocks (not the LM head, which TRL refuses). For a
+    reward model (``SEQ_CLS``) PEFT also trains the new one-logit head in full (``modules_to_save``)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -87,5 +110,5 @@ def lora_config(options: TrainOptions) -> Any:
         lora_alpha=options.lora_alpha,
         lora_dropout=0.0,  # TRL disables dropout in the trained model anyway
         target_modules="all-linear",
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if isinstance(options, RewardTrainOptions) else "CAUSAL_LM",
     )

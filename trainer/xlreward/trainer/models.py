@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xlreward.service.model_source import ModelSource, resolve_model
-from xlreward.trainer.options import TrainOptions, TrainSetupError
+from xlreward.trainer.options import RewardTrainOptions, TrainOptions, TrainSetupError
 
 if TYPE_CHECKING:
     from xlreward.service.scoring.loading import LoadOptions
@@ -63,13 +63,21 @@ def resolve_models(options: TrainOptions) -> TrainModels:
     return TrainModels(policy=policy, reference=reference)
 
 
-def _resolve(name: str | Path, flag: str, options: TrainOptions) -> ModelSource:
+def resolve_reward_model(options: RewardTrainOptions) -> ModelSource:
+    """The folder of ``xlreward train-rm --model``, as ``resolve_models`` resolves ``--policy``."""
+    try:
+        return _resolve(options.model, "--model", options)
+    except (FileNotFoundError, ValueError) as error:
+        raise ModelSetupError(str(error)) from error
+
+
+def _resolve(name: str | Path, flag: str, options: TrainOptions | RewardTrainOptions) -> ModelSource:
     return resolve_model(
         str(name), revision=options.revision, what=flag, trust_remote_code=options.trust_remote_code
     )
 
 
-def load_options(options: TrainOptions) -> LoadOptions:
+def load_options(options: TrainOptions | RewardTrainOptions) -> LoadOptions:
     """How the run's checkpoints load (remote code, attention); the names are folders by now."""
     from xlreward.service.scoring.loading import LoadOptions
 
@@ -83,17 +91,26 @@ def load_checked_tokenizer(options: TrainOptions) -> Any:
     from xlreward.service.scoring.errors import ModelPairError
     from xlreward.service.scoring.loading import check_same_tokenizer, load_tokenizer
 
-    tokenizer = load_tokenizer(options.policy, load_options(options))
-    if not tokenizer.chat_template:
-        raise ModelSetupError(
-            f"--policy {options.policy}: the tokenizer has no chat template; pairs are trained as chat "
-            "turns, so start from a chat (SFT) model whose tokenizer_config.json has a chat_template"
-        )
+    tokenizer = load_chat_tokenizer(options.policy, load_options(options), "--policy")
     if not options.reference_is_policy:
         try:
             check_same_tokenizer(tokenizer, load_tokenizer(options.reference, load_options(options)))
         except ModelPairError as error:
             raise ModelSetupError(str(error)) from error
+    return tokenizer
+
+
+def load_chat_tokenizer(path: str | Path, options: LoadOptions, flag: str) -> Any:
+    """The tokenizer of the checkpoint folder ``path`` (named by ``flag``); refused without a chat
+    template."""
+    from xlreward.service.scoring.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(path, options)
+    if not tokenizer.chat_template:
+        raise ModelSetupError(
+            f"{flag} {path}: the tokenizer has no chat template; pairs are trained as chat "
+            "turns, so start from a chat (SFT) model whose tokenizer_config.json has a chat_template"
+        )
     return tokenizer
 
 
@@ -129,3 +146,16 @@ def load_models(options: TrainOptions, *, bf16: bool) -> tuple[Any, Any | None]:
         options.reference, torch.bfloat16 if bf16 else torch.float32, load_options(options)
     )
     return policy, reference.eval()
+
+
+def load_reward_model(options: RewardTrainOptions) -> Any:
+    """The SFT checkpoint ``options.model`` (a folder by now) as a sequence classifier with a new one-logit
+    head (seeded by ``options.seed``), float32 on the CPU in train mode; the Trainer places it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    set_seed(options.seed)  # the head is new: its initialisation is part of the run
+    extra = load_options(options).from_pretrained_kwargs()
+    return AutoModelForSequenceClassification.from_pretrained(
+        options.model, num_labels=1, dtype=torch.float32, **extra
+    )

@@ -127,6 +127,21 @@ def _config_record(
     }
 
 
+def start_outputs(
+    paths: OutputPaths, config: dict[str, Any], data_summary: dict[str, Any], resume: Path | None
+) -> None:
+    """Writes train_config.json and data_summary.json, and readies metrics.jsonl: emptied for a fresh run,
+    cut after the resumed checkpoint's step otherwise (the main process only)."""
+    if not is_main_process():
+        return
+    write_json(paths.train_config, config)
+    write_json(paths.data_summary, data_summary)
+    if resume is None:
+        paths.metrics.unlink(missing_ok=True)
+    else:
+        trim_metrics(paths.metrics, checkpoint_step(resume))
+
+
 def _announce(message: str) -> None:
     if is_main_process():
         print(f"xlreward train: {message}", file=sys.stderr, flush=True)
@@ -148,13 +163,9 @@ def train(options: TrainOptions, models: TrainModels | None = None) -> TrainResu
     skipped = sum(data.summary.skipped.values())
     _announce(f"{data.summary.pairs} pairs from {len(options.pairs)} file(s), {skipped} skipped")
     resume = last_checkpoint(paths.checkpoints)
-    if is_main_process():
-        write_json(paths.train_config, _config_record(named, options, models, device, resume))
-        write_json(paths.data_summary, data.summary.to_json())
-        if resume is None:
-            paths.metrics.unlink(missing_ok=True)
-        else:
-            trim_metrics(paths.metrics, checkpoint_step(resume))
+    start_outputs(
+        paths, _config_record(named, options, models, device, resume), data.summary.to_json(), resume
+    )
     if resume is not None:
         _announce(f"resuming from {resume}")
     metrics_file = MetricsFile(paths.metrics)
