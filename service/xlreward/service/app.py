@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xlreward.service.errors import install_error_handlers
 from xlreward.service.metrics import ServiceMetrics
-from xlreward.service.routes import admin, best_of_n, generate, ops, reward
+from xlreward.service.routes import admin, best_of_n, generate, openrlhf, ops, reward
 from xlreward.service.runtime import Runtime
 from xlreward.service.settings import ServiceSettings
 
@@ -45,7 +45,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (reward, generate, best_of_n, ops, admin):
+    for module in (reward, generate, best_of_n, openrlhf, ops, admin):
         app.include_router(module.router)
 
     app.add_middleware(RequestMetrics, metrics=metrics)

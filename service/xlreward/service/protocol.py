@@ -72,6 +72,11 @@ class RewardRequest(BaseModel):
     groups: list[RewardGroup] = Field(default_factory=list)
     beta: Annotated[FiniteFloat, Field(ge=0)] | None = None
     truncate: bool = False
+    rendered: bool = Field(
+        default=False,
+        description="prompts are text already in the model's chat format (special tokens written out); "
+        "each response is scored as it follows its prompt verbatim",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> RewardRequest:
@@ -242,6 +247,36 @@ class BestOfNResponse(BaseModel):
     results: list[BestOfNResult]  # one per prompt, in request order
     model: str  # the reward model that scored
     sampler: str  # the model that sampled
+
+
+# --- OpenRLHF's remote reward model --------------------------------------------------------------------
+
+
+class OpenRLHFRewardRequest(BaseModel):
+    """What OpenRLHF posts to ``--remote_rm_url``: per sample the whole sequence as decoded text (``query``:
+    the rendered prompt, the response, any padding) and its rendered prompt; ``labels`` are its dataset
+    labels (unused by a reward model)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: list[str] = Field(min_length=1)
+    prompts: list[str]
+    labels: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _paired(self) -> OpenRLHFRewardRequest:
+        if len(self.prompts) != len(self.query):
+            raise ValueError(
+                f"{len(self.query)} queries but {len(self.prompts)} prompts: give one prompt per query"
+            )
+        return self
+
+
+class OpenRLHFRewardResponse(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    rewards: list[float]  # what OpenRLHF reads (its score_key)
+    scores: list[float]  # the same values, under the name newer OpenRLHF versions also read
 
 
 # --- OpenAI-compatible ---------------------------------------------------------------------------------

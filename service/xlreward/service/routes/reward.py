@@ -70,7 +70,9 @@ def tokenize(body: RewardRequest, loaded: LoadedModel) -> list[Unit]:
     units = []
     for index, item in enumerate(body.items):
         try:
-            tokenized = model.tokenize_pair(item.prompt, item.response, truncate=body.truncate)
+            tokenized = model.tokenize_pair(
+                item.prompt, item.response, truncate=body.truncate, rendered=body.rendered
+            )
         except ItemError as error:
             raise item_error(error, f"items[{index}]") from None
         units.append(Unit(WorkUnit((tokenized,)), (len(tokenized),), model=loaded))
@@ -78,7 +80,11 @@ def tokenize(body: RewardRequest, loaded: LoadedModel) -> list[Unit]:
         members = []
         for position, response in enumerate(group.responses):
             try:
-                members.append(model.tokenize_pair(group.prompt, response, truncate=body.truncate))
+                members.append(
+                    model.tokenize_pair(
+                        group.prompt, response, truncate=body.truncate, rendered=body.rendered
+                    )
+                )
             except ItemError as error:
                 raise item_error(error, f"groups[{index}].responses[{position}]") from None
         lengths = tuple(len(member) for member in members)

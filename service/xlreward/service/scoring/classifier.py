@@ -148,18 +148,23 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
         return next((i for i in range(len(ids) - 1, -1, -1) if ids[i] != self.pooled_pad_id), len(ids) - 1)
 
     def tokenize_pair(
-        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+        self,
+        prompt: str | Sequence[ChatMessage],
+        response: str,
+        *,
+        truncate: bool = False,
+        rendered: bool = False,
     ) -> TokenizedItem:
         """The conversation's ids up to the pooled token, read there (see the module docstring)."""
-        rendered = self.item_tokenizer(prompt, response, truncate=truncate)
-        read_at = self.pooled_position(rendered.input_ids)
+        conversation = self.item_tokenizer(prompt, response, truncate=truncate, rendered=rendered)
+        read_at = self.pooled_position(conversation.input_ids)
         placeholder = self.core.pad_id
         return TokenizedItem(
-            input_ids=(*rendered.input_ids[: read_at + 1], placeholder),
+            input_ids=(*conversation.input_ids[: read_at + 1], placeholder),
             score_start=read_at + 1,
             score_end=read_at + 2,
-            truncated=rendered.truncated,
-            prompt_length=rendered.score_start,
+            truncated=conversation.truncated,
+            prompt_length=conversation.score_start,
         )
 
     def item_scores(self, sums: Sequence[Sums], items: Sequence[TokenizedItem]) -> list[ClassifierScore]:

@@ -244,9 +244,14 @@ class ScoringEngine(StrategyModel[ItemScore]):
         return (self.policy,) if self.lora_mode else (self.policy, self.reference)
 
     def tokenize_pair(
-        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+        self,
+        prompt: str | Sequence[ChatMessage],
+        response: str,
+        *,
+        truncate: bool = False,
+        rendered: bool = False,
     ) -> TokenizedItem:
-        return self.item_tokenizer(prompt, response, truncate=truncate)
+        return self.item_tokenizer(prompt, response, truncate=truncate, rendered=rendered)
 
     def item_scores(self, sums: Sequence[Sums], items: Sequence[TokenizedItem]) -> list[ItemScore]:
         """A strategy's per-item (policy, reference) sums as scores."""

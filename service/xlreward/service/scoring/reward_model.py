@@ -71,9 +71,16 @@ class RewardModel(Protocol):
         ...
 
     def tokenize_pair(
-        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+        self,
+        prompt: str | Sequence[ChatMessage],
+        response: str,
+        *,
+        truncate: bool = False,
+        rendered: bool = False,
     ) -> TokenizedItem:
-        """Token ids and the read span of one pair; raises ``ItemError`` saying what to fix."""
+        """Token ids and the read span of one pair; raises ``ItemError`` saying what to fix. ``rendered``:
+        the prompt is text already in the model's chat format (special tokens written out, as OpenRLHF
+        sends it), and the response follows it verbatim."""
         ...
 
     def new_plan(self) -> ForwardPlan: ...

@@ -168,7 +168,12 @@ class StrategyModel(Generic[Score]):
     strategy: Strategy
 
     def tokenize_pair(
-        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+        self,
+        prompt: str | Sequence[ChatMessage],
+        response: str,
+        *,
+        truncate: bool = False,
+        rendered: bool = False,
     ) -> TokenizedItem:
         raise NotImplementedError
 

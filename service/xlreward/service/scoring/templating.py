@@ -99,11 +99,19 @@ class ItemTokenizer:
         self.stop_ids = stop_ids
 
     def __call__(
-        self, prompt: str | Sequence[ChatMessage], response: str, *, truncate: bool = False
+        self,
+        prompt: str | Sequence[ChatMessage],
+        response: str,
+        *,
+        truncate: bool = False,
+        rendered: bool = False,
     ) -> TokenizedItem:
         """``truncate``: cut the response at the context length instead of refusing the item; the
-        end-of-turn token is then not scored, and the item says ``truncated``."""
-        if self.options.use_chat_template:
+        end-of-turn token is then not scored, and the item says ``truncated``. ``rendered``: the prompt is
+        already rendered text (``_render_text``)."""
+        if rendered:
+            prompt_ids, full_ids = self._render_text(prompt, response)
+        elif self.options.use_chat_template:
             prompt_ids, full_ids = self._render_chat(prompt, response)
         else:
             prompt_ids, full_ids = self._render_raw(prompt, response)
@@ -168,6 +176,25 @@ class ItemTokenizer:
         eos = self.tokenizer.eos_token_id
         if eos is not None and full_ids[-1:] != [eos]:
             full_ids.append(eos)
+        return prompt_ids, full_ids
+
+    def _render_text(self, prompt: str | Sequence[ChatMessage], response: str) -> tuple[list[int], list[int]]:
+        """A prompt already in the model's format (its chat template applied, special tokens written out)
+        and the response as generated after it: tokenized as written, no special tokens added. Trailing
+        padding (a batch's decode keeps it) is dropped, but an end-of-turn token the pad id shares stays."""
+        if not isinstance(prompt, str):
+            raise ItemError("bad_prompt", "a rendered prompt is text: give it as a string")
+        prompt_ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        full_ids = list(self.tokenizer(prompt + response, add_special_tokens=False)["input_ids"])
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        while (
+            pad is not None
+            and len(full_ids) > len(prompt_ids) + 1
+            and full_ids[-1] == pad
+            # a pad that is also the end-of-turn token stays when it ends the response itself
+            and (pad not in self.stop_ids or full_ids[-2] == pad or full_ids[-2] in self.stop_ids)
+        ):
+            full_ids.pop()
         return prompt_ids, full_ids
 
     def _check_prefix_stable(self, prompt_ids: list[int], full_ids: list[int]) -> None:
