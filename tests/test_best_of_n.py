@@ -68,3 +68,41 @@ def test_a_named_sampler_and_what_is_refused(server) -> None:  # type: ignore[no
     assert too_many.status_code == 413 and "split it" in too_many.json()["error"]["message"]
     empty = post(server, "/best-of-n", {"prompts": [], **SAMPLING})
     assert empty.status_code == 422
+
+
+def test_samples_can_come_from_the_reference(server, llama_pair) -> None:  # type: ignore[no-untyped-def]
+    """sampler_role "reference" samples the pair's reference (the SFT model RYR reranks samples of): the
+    texts a generator over the reference gives for the same seed, not the policy's."""
+    import asyncio
+    import threading
+
+    from xlreward.service.generation import TransformersGenerator
+    from xlreward.service.protocol import GenerateRequest
+    from xlreward.service.scoring.loading import load_engine
+
+    body = {"prompts": PROMPTS, "model": "rm", "sampler": "icr", "sampler_role": "reference", **SAMPLING}
+    answer = post(server, "/best-of-n", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sampler"] == "icr:reference"
+    engine = load_engine(llama_pair.policy, llama_pair.reference, device="cpu", dtype="float32")
+    expected: dict[str, list[str]] = {}
+    for role in ("reference", "policy"):
+        model, context = engine.language_model(role)
+        generator = TransformersGenerator(
+            model,
+            engine.tokenizer,
+            model_name=role,
+            lock=threading.Lock(),
+            context=context,
+            max_length=engine.max_length,
+            stop_token_ids=engine.item_tokenizer.stop_ids,
+        )
+        request = GenerateRequest(prompts=[p["prompt"] for p in PROMPTS], **SAMPLING)
+        results = asyncio.run(generator.generate(request)).results
+        expected[role] = [c.text for result in results for c in result.completions]
+    served = [
+        {c["index"]: c["text"] for c in result["candidates"]}[i]
+        for result in answer.json()["results"]
+        for i in range(SAMPLING["n"])
+    ]
+    assert served == expected["reference"] and served != expected["policy"]

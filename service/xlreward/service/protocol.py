@@ -211,14 +211,16 @@ class BestOfNPrompt(BaseModel):
 class BestOfNRequest(SamplingParams):
     """``n`` samples per prompt, each scored by the reward model ``model`` names (default: the first
     served), returned best first. ``sampler``: the served implicit model whose policy samples (default:
-    the server's generation backend, i.e. the first model's policy or the upstream). ``truncate`` (on by
-    default): a sample too long for the reward model's context is cut, and says so, instead of failing
-    the request."""
+    the server's generation backend, i.e. the first model's policy or the upstream); ``sampler_role``
+    "reference" samples from its reference instead (the SFT model, as "Reuse Your Rewards" reranks).
+    ``truncate`` (on by default): a sample too long for the reward model's context is cut, and says so,
+    instead of failing the request."""
 
     n: int = Field(default=16, ge=1, le=64)
     prompts: list[BestOfNPrompt] = Field(min_length=1)
     model: str | None = None
     sampler: str | None = None
+    sampler_role: Literal["policy", "reference"] = "policy"
     raw: bool = False
     truncate: bool = True
 

@@ -173,43 +173,46 @@ class Runtime:
             )
         return self._local_generator(model, self.model_name)
 
-    def _local_generator(self, model: RewardModel, name: str) -> Any:
-        """Built-in sampling from an implicit model's policy (under the model lock, in its adapter's
-        context); None for a classifier, which has no language model to sample from."""
+    def _local_generator(self, model: RewardModel, name: str, role: str = "policy") -> Any:
+        """Built-in sampling from an implicit model's policy or reference (under the model lock, in its
+        adapter's context); None for a classifier, which has no language model to sample from."""
         from xlreward.service.generation import TransformersGenerator
 
-        policy = getattr(model, "policy", None)
-        if policy is None:
+        language_model = getattr(model, "language_model", None)
+        if language_model is None:
             return None
+        lm, context = language_model(role)
         return TransformersGenerator(
-            policy,
+            lm,
             getattr(model, "tokenizer"),  # noqa: B009 (an implicit model's)
             model_name=name,
             lock=self.model_lock,
-            context=getattr(model, "policy_context"),  # noqa: B009
+            context=context,
             max_length=model.max_length,
             stop_token_ids=getattr(model, "item_tokenizer").stop_ids,  # noqa: B009
         )
 
-    def sampler(self, name: str | None) -> tuple[Any, str]:
+    def sampler(self, name: str | None, role: str = "policy") -> tuple[Any, str]:
         """The generation backend a request samples from, and its name: the server's (the first model's
-        policy, or the upstream) for None, else the named served implicit model's policy."""
-        if name is None:
+        policy, or the upstream) for None, else the named served implicit model's policy or, with role
+        "reference", its reference (the SFT model "Reuse Your Rewards" reranks samples of)."""
+        if name is None and role == "policy":
             return self.generator, self.model_name
+        name = name or self.first_slot().spec.name
         loaded = self.require_model(name)
         if self.settings.generation_backend == "openai":
             raise ServiceError(
                 400,
                 "invalid_request",
-                "sampling goes to the upstream server here (XLREWARD_UPSTREAM_URL): drop sampler, or name "
-                "the model in the upstream's own request",
+                "sampling goes to the upstream server here (XLREWARD_UPSTREAM_URL): drop sampler and "
+                "sampler_role, or name the model in the upstream's own request",
             )
-        generator = self._local_generator(loaded.model, name)
+        generator = self._local_generator(loaded.model, name, role)
         if generator is None:
             raise ServiceError(
                 400, "invalid_request", f"sampler {name!r} is a classifier: name an implicit model to sample"
             )
-        return generator, name
+        return generator, name if role == "policy" else f"{name}:{role}"
 
     async def stop(self) -> None:
         self.scheduler.stop()

@@ -38,7 +38,7 @@ async def best_of_n(
 ) -> BestOfNResponse:
     """``n`` samples per prompt, scored by ``model`` and returned highest score first."""
     scorer = runtime.require_model(body.model)  # an unknown or loading reward model fails before sampling
-    generator, sampler = runtime.sampler(body.sampler)
+    generator, sampler = runtime.sampler(body.sampler, body.sampler_role)
     sampling = GenerateRequest(
         prompts=[entry.prompt for entry in body.prompts],
         raw=body.raw,

@@ -243,6 +243,13 @@ class ScoringEngine(StrategyModel[ItemScore]):
     def modules(self) -> tuple[Any, ...]:
         return (self.policy,) if self.lora_mode else (self.policy, self.reference)
 
+    def language_model(self, role: str) -> tuple[Any, Callable[[], AbstractContextManager[Any]]]:
+        """The causal LM to sample from as ``role`` ("policy" or "reference"), and the context it runs in
+        (in LoRA mode the reference is the policy's modules with the adapter off)."""
+        if role == "reference":
+            return self.reference, self.policy.disable_adapter if self.lora_mode else nullcontext
+        return self.policy, self.policy_context
+
     def tokenize_pair(
         self,
         prompt: str | Sequence[ChatMessage],
