@@ -23,13 +23,12 @@ from xlreward.service.protocol import (
     GroupResult,
     RewardGroup,
     RewardRequest,
+    SamplingParams,
 )
 from xlreward.service.routes.generate import run_generation
 from xlreward.service.routes.reward import score_request
 
 router = APIRouter()
-
-SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
 
 
 @router.post("/best-of-n", response_model=BestOfNResponse, responses=ERROR_RESPONSES)
@@ -42,7 +41,7 @@ async def best_of_n(
     sampling = GenerateRequest(
         prompts=[entry.prompt for entry in body.prompts],
         raw=body.raw,
-        **{name: getattr(body, name) for name in SAMPLING_FIELDS},
+        **{name: getattr(body, name) for name in SamplingParams.model_fields},  # what /generate takes
     )
     samples = await run_generation(sampling, runtime, generator)
     groups = [

@@ -95,10 +95,6 @@ class SharedBase:
         while self._retired:
             self.model.delete_adapter(self._retired.pop())
 
-    @property
-    def adapters(self) -> list[str]:
-        return list(self.model.peft_config) if self.model is not None else []
-
 
 class SharedBases:
     """The bases a server holds, by ``BaseKey``; a base is dropped with the last engine over it.
@@ -119,9 +115,6 @@ class SharedBases:
                 shared = SharedBase(load())
                 self._bases[key] = shared
             return shared
-
-    def __len__(self) -> int:
-        return len(self._bases)
 
 
 def retire_with(engine: object, shared: SharedBase, name: str) -> None:
