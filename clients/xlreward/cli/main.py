@@ -6,7 +6,19 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from xlreward.cli import annotate, demo, evaluate, iterate, score, serve, train, train_rm, worker
+from xlreward.cli import (
+    annotate,
+    best_of_n,
+    demo,
+    evaluate,
+    iterate,
+    rl,
+    score,
+    serve,
+    train,
+    train_rm,
+    worker,
+)
 
 
 class CommandError(Exception):
@@ -30,10 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.register(commands)
     serve.register(commands)
     annotate.register(commands)
+    best_of_n.register(commands)
     worker.register(commands)
     train.register(commands)
     train_rm.register(commands)
     iterate.register(commands)
+    rl.register(commands)
     evaluate.register(commands)
     demo.register(commands)
     return parser

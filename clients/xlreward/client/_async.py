@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -20,7 +20,10 @@ from xlreward.client._base import (
 )
 from xlreward.client._exceptions import connection_error, error_for_response
 from xlreward.client._retry import async_retrying
+from xlreward.client._sync import BestOfNPromptLike, best_of_n_requests, merge_best_of_n
 from xlreward.service.protocol import (
+    BestOfNRequest,
+    BestOfNResponse,
     GenerateRequest,
     GenerateResponse,
     GroupResult,
@@ -159,6 +162,45 @@ class AsyncRewardClient(ClientSettings):
         )
         return payloads.merge_generated(answers, requests)
 
+    async def best_of_n(
+        self,
+        prompts: str | Sequence[BestOfNPromptLike],
+        *,
+        n: int = 16,
+        model: str | None = None,
+        sampler: str | None = None,
+        sampler_role: Literal["policy", "reference"] = "policy",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        raw: bool = False,
+        truncate: bool = True,
+    ) -> BestOfNResponse:
+        """``n`` samples per prompt, scored by reward model ``model`` and returned best first."""
+        requests = best_of_n_requests(
+            prompts,
+            limit=self.max_items_per_request,
+            n=n,
+            model=model,
+            sampler=sampler,
+            sampler_role=sampler_role,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            stop=list(stop or []),
+            seed=seed,
+            raw=raw,
+            truncate=truncate,
+        )
+        answers = await gather_bounded(
+            [self._best_of_n(request) for request in requests], MAX_CONCURRENT_REQUESTS
+        )
+        return merge_best_of_n(answers, requests)
+
     async def health(self) -> bool:
         """Whether the server process answers (GET /healthz is 200)."""
         return await self._probe("/healthz")
@@ -183,6 +225,9 @@ class AsyncRewardClient(ClientSettings):
 
     async def _generate(self, request: GenerateRequest) -> GenerateResponse:
         return payloads.parse(await self._post("/generate", payloads.body(request)), GenerateResponse)
+
+    async def _best_of_n(self, request: BestOfNRequest) -> BestOfNResponse:
+        return payloads.parse(await self._post("/best-of-n", payloads.body(request)), BestOfNResponse)
 
     async def _post(self, path: str, json: dict[str, Any]) -> httpx.Response:
         request = self._http.build_request("POST", path, json=json)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -17,9 +17,12 @@ from xlreward.client._base import (
     PROBE_TIMEOUT,
     ClientSettings,
 )
-from xlreward.client._exceptions import connection_error, error_for_response
+from xlreward.client._exceptions import XLRewardError, connection_error, error_for_response
 from xlreward.client._retry import retrying
 from xlreward.service.protocol import (
+    BestOfNPrompt,
+    BestOfNRequest,
+    BestOfNResponse,
     GenerateRequest,
     GenerateResponse,
     GroupResult,
@@ -27,6 +30,36 @@ from xlreward.service.protocol import (
     RewardResponse,
     RewardResult,
 )
+
+BestOfNPromptLike = str | BestOfNPrompt | Mapping[str, Any]
+
+
+def best_of_n_requests(
+    prompts: str | Sequence[BestOfNPromptLike], *, limit: int, **options: Any
+) -> list[BestOfNRequest]:
+    """Requests of at most ``limit`` samples (prompts x n) each, in order, as ``/generate`` is split; a bare
+    string is one prompt. Shared by both clients."""
+    listed = [prompts] if isinstance(prompts, str) else list(prompts)
+    entries = [{"prompt": entry} if isinstance(entry, str) else entry for entry in listed]
+    whole = BestOfNRequest.model_validate({"prompts": entries, **options})
+    step = max(1, limit // whole.n)
+    return [
+        whole.model_copy(update={"prompts": whole.prompts[start : start + step]})
+        for start in range(0, len(whole.prompts), step)
+    ]
+
+
+def merge_best_of_n(
+    answers: Sequence[BestOfNResponse], requests: Sequence[BestOfNRequest]
+) -> BestOfNResponse:
+    """One answer for all the requests, checked to hold one result per prompt."""
+    for answer, request in zip(answers, requests, strict=True):
+        if len(answer.results) != len(request.prompts):
+            raise XLRewardError(
+                f"/best-of-n answered {len(answer.results)} results for {len(request.prompts)} prompts"
+            )
+    results = [result for answer in answers for result in answer.results]
+    return BestOfNResponse(results=results, model=answers[0].model, sampler=answers[0].sampler)
 
 
 class RewardClient(ClientSettings):
@@ -129,6 +162,46 @@ class RewardClient(ClientSettings):
         answers = [self._generate(request) for request in requests]
         return payloads.merge_generated(answers, requests)
 
+    def best_of_n(
+        self,
+        prompts: str | Sequence[BestOfNPromptLike],
+        *,
+        n: int = 16,
+        model: str | None = None,
+        sampler: str | None = None,
+        sampler_role: Literal["policy", "reference"] = "policy",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        raw: bool = False,
+        truncate: bool = True,
+    ) -> BestOfNResponse:
+        """``n`` samples per prompt, scored by reward model ``model`` and returned best first. A prompt is a
+        string, or ``{"id"?, "prompt", "reward_prompt"?}`` to score against another prompt (the English
+        instruction behind a target-language one). ``sampler``/``sampler_role``: which served model
+        samples (see ``BestOfNRequest``)."""
+        requests = best_of_n_requests(
+            prompts,
+            limit=self.max_items_per_request,
+            n=n,
+            model=model,
+            sampler=sampler,
+            sampler_role=sampler_role,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            stop=list(stop or []),
+            seed=seed,
+            raw=raw,
+            truncate=truncate,
+        )
+        answers = [self._best_of_n(request) for request in requests]
+        return merge_best_of_n(answers, requests)
+
     def health(self) -> bool:
         """Whether the server process answers (GET /healthz is 200)."""
         return self._probe("/healthz")
@@ -153,6 +226,9 @@ class RewardClient(ClientSettings):
 
     def _generate(self, request: GenerateRequest) -> GenerateResponse:
         return payloads.parse(self._post("/generate", payloads.body(request)), GenerateResponse)
+
+    def _best_of_n(self, request: BestOfNRequest) -> BestOfNResponse:
+        return payloads.parse(self._post("/best-of-n", payloads.body(request)), BestOfNResponse)
 
     def _post(self, path: str, json: dict[str, Any]) -> httpx.Response:
         request = self._http.build_request("POST", path, json=json)

@@ -1,5 +1,5 @@
 """Running `xlreward serve` as a child process: a free loopback port, and waiting until it is ready.
-Used by the iteration loop (which starts its own server) and by the tests."""
+Used by the iteration loop and ``xlreward rl`` (which start their own servers) and by the tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,9 +48,10 @@ def _tail(log_path: Path) -> str:
 
 @contextmanager
 def serve_process(
-    policy: Path,
-    reference: Path,
+    policy: Path | None = None,
+    reference: Path | None = None,
     *,
+    serve_args: Sequence[str] = (),
     log_path: Path,
     env: Mapping[str, str],
     ready_timeout: float,
@@ -59,17 +60,22 @@ def serve_process(
 ) -> Iterator[str]:
     """Runs `xlreward serve` on 127.0.0.1 (a free port unless one is given) with ``env`` added to this
     process's environment; yields its URL once /readyz answers 200, then stops it (SIGTERM, then SIGKILL).
+    What it serves: one pair (``policy``, ``reference``: ``--policy P --reference R``) and/or ``serve_args``
+    (any other `xlreward serve` arguments, e.g. ``["--models", "models.toml"]``); one of them is needed.
     The server's output is appended to ``log_path``."""
+    if (policy is None) != (reference is None):
+        raise ValueError("serve_process: give both policy and reference, or neither")
+    pair = [] if policy is None else ["--policy", str(policy), "--reference", str(reference)]
+    if not pair and not serve_args:
+        raise ValueError("serve_process: give a policy/reference pair or serve_args (e.g. --models FILE)")
     port = port or free_port()
     command = [
         sys.executable,
         "-m",
         "xlreward.cli.main",
         "serve",
-        "--policy",
-        str(policy),
-        "--reference",
-        str(reference),
+        *pair,
+        *serve_args,
         "--port",
         str(port),
         "--log-level",

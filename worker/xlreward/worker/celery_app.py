@@ -1,6 +1,7 @@
 """The Celery app: JSON only, Redis broker and result backend by URL, late acknowledgement with
 redelivery on worker loss (the tasks are idempotent), prefetch 1, one queue for generation and one for
-annotation (scoring)."""
+annotation (scoring). A best-of-n unit (sample once, score with every model) is one task on the
+generation queue."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from xlreward.client import (
     ServerError,
     ServiceUnavailableError,
 )
+from xlreward.worker.best_of_n import BestOfNJob, run_best_of_n_unit
 from xlreward.worker.jobs import UnitJob
 from xlreward.worker.pipeline import run_generation, run_scoring
 from xlreward.worker.settings import WorkerSettings
@@ -25,6 +27,7 @@ GENERATION_QUEUE = "generation"
 ANNOTATION_QUEUE = "annotation"
 GENERATE_TASK = "xlreward.generate"
 SCORE_TASK = "xlreward.score"
+BEST_OF_N_TASK = "xlreward.best_of_n"
 # What the client already retried and still failed on; Celery retries it again later, with backoff.
 TRANSIENT = (APIConnectionError, RateLimitError, ServiceUnavailableError, ServerError)
 RETRY_BACKOFF_MAX_S = 120
@@ -56,6 +59,7 @@ def create_celery(settings: WorkerSettings) -> Celery:
         task_routes={
             GENERATE_TASK: {"queue": GENERATION_QUEUE},
             SCORE_TASK: {"queue": ANNOTATION_QUEUE},
+            BEST_OF_N_TASK: {"queue": GENERATION_QUEUE},
         },
         task_default_queue=ANNOTATION_QUEUE,
         worker_hijack_root_logger=False,
@@ -93,3 +97,12 @@ def _register_tasks(app: Celery, settings: WorkerSettings) -> None:
         """Score the unit's samples against its reward prompt."""
         job, store, client = context(payload)
         run_scoring(job, store, client)
+
+    @app.task(name=BEST_OF_N_TASK, **retry_options)
+    def best_of_n(payload: dict[str, Any]) -> None:
+        """Sample a best-of-n unit's candidates once and score them with every model (idempotent: each
+        step is stored once)."""
+        job = BestOfNJob.model_validate(payload)
+        assert job.store_url is not None, "Celery units keep their results in Redis"
+        client = _client(job.service_url, settings.service_api_key, settings.service_retries)
+        run_best_of_n_unit(job, RedisStore(job.store_url, job.store_id), client)
