@@ -64,6 +64,39 @@ def test_eval_reuses_outputs_already_written(llama_pair, instructions: Path, tmp
     assert results["baseline"] is None and "win_rate" not in results["languages"]["es"]
 
 
+def test_eval_judges_outputs_it_is_given(llama_pair, instructions: Path, tmp_path: Path) -> None:
+    """--outputs judges a folder of alpaca_eval outputs (what `xlreward best-of-n` writes) against a
+    baseline's, without sampling: right answers written by hand win against the sampled baseline's."""
+    baseline = tmp_path / "baseline"
+    assert main(eval_args(llama_pair, instructions, baseline)) == 0
+    given = tmp_path / "given"
+    for language in LANGUAGES:
+        records = json.loads((baseline / language / "model_outputs.json").read_text())
+        for record in records[:2]:  # the first two answered right, the others left as sampled
+            parsed = world.parse_instruction(record["instruction"])
+            assert parsed is not None
+            record["output"] = parsed[1].response(language)
+        (given / language).mkdir(parents=True)
+        (given / language / "model_outputs.json").write_text(json.dumps(records))
+    args = eval_args(llama_pair, instructions, tmp_path / "judged", "--baseline-outputs", str(baseline))
+    args[args.index("--model") : args.index("--model") + 2] = ["--outputs", str(given)]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "judged" / "results.json").read_text())
+    assert results["model"] == str(given)
+    for language in LANGUAGES:
+        row = results["languages"][language]
+        assert (row["wins"], row["ties"], row["losses"]) == (2, 2, 0) and row["mean_score"] == 0.5
+
+
+def test_eval_refuses_outputs_that_answer_other_instructions(
+    llama_pair, instructions, tmp_path, capsys
+) -> None:
+    args = eval_args(llama_pair, instructions, tmp_path / "out")
+    args[args.index("--model") : args.index("--model") + 2] = ["--outputs", str(tmp_path / "none")]
+    assert main(args) == 2
+    assert "--outputs" in capsys.readouterr().err
+
+
 def test_implicit_reward_judge_scores_with_the_english_instruction(
     llama_pair, instructions, tmp_path
 ) -> None:

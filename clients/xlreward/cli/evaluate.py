@@ -14,7 +14,8 @@ def register(commands: Any) -> None:
         "eval",
         help="generate on held-out instructions per language; WR and LC against a baseline",
         description=(
-            "Samples one output per held-out instruction and language from --model, judges it and the "
+            "Samples one output per held-out instruction and language from --model (or reads them from "
+            "--outputs), judges it and the "
             "baseline's output (--baseline model, or --baseline-outputs from an earlier eval), and reports "
             "win rate and length-controlled win rate (AlpacaEval 2 style) per language. Writes "
             "OUT/<language>/model_outputs.json in alpaca_eval's format and OUT/results.json. Models are "
@@ -22,7 +23,13 @@ def register(commands: Any) -> None:
             "HF_HUB_OFFLINE=1) and loaded from there."
         ),
     )
-    parser.add_argument("--model", required=True, help="the model to evaluate: a folder or a hub id")
+    evaluated = parser.add_mutually_exclusive_group(required=True)
+    evaluated.add_argument("--model", help="the model to evaluate: a folder or a hub id")
+    evaluated.add_argument(
+        "--outputs",
+        help="judge these outputs instead of sampling a model: a folder of <language>/model_outputs.json "
+        "(alpaca_eval's format, as `xlreward best-of-n` and `xlreward eval` write them)",
+    )
     parser.add_argument("--revision", help="hub revision of --model (default: main)")
     parser.add_argument("--instructions", required=True, nargs="+", help="JSONL {id, language, instruction}")
     parser.add_argument("--languages", required=True, nargs="+", help="language codes, e.g. en es de")
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         out=Path(args.out),
         name=args.name,
+        outputs=Path(args.outputs) if args.outputs else None,
         baseline=args.baseline,
         baseline_outputs=Path(args.baseline_outputs) if args.baseline_outputs else None,
         sampling=SamplingSettings(

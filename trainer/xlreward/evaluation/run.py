@@ -1,7 +1,8 @@
 """``xlreward eval``: generate on held-out instructions per language, judge, and compare with a baseline.
 
-For each language: the model's outputs (sampled here, one per instruction) and the baseline's (sampled
-from a baseline model, or read from a folder an earlier ``xlreward eval`` wrote) are scored by one judge;
+For each language: the model's outputs (sampled here, one per instruction, or read from a folder of
+alpaca_eval outputs such as ``xlreward best-of-n`` writes) and the baseline's (sampled from a baseline
+model, or read from a folder an earlier ``xlreward eval`` wrote) are scored by one judge;
 WR and LC come from ``winrate``. Written to OUT:
 
     OUT/<language>/model_outputs.json   alpaca_eval's format: [{"instruction", "output", "generator",
@@ -39,11 +40,12 @@ OUTPUTS_FILE = "model_outputs.json"
 class EvalOptions:
     instructions: Sequence[Path]
     languages: Sequence[str]
-    model: str | Path  # a folder or a hub id
+    model: str | Path | None  # a folder or a hub id; None: ``outputs`` holds the outputs to judge
     out: Path
     name: str | None = None  # the generator's name in model_outputs.json; default: the model's last part
     baseline: str | Path | None = None  # a folder or a hub id
     baseline_outputs: Path | None = None
+    outputs: Path | None = None  # <language>/model_outputs.json to judge instead of sampling ``model``
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     device: str = "cpu"
     limit: int | None = None  # at most this many instructions per language
@@ -51,9 +53,13 @@ class EvalOptions:
     baseline_revision: str | None = None  # of ``baseline``, when it is a hub id
     trust_remote_code: bool = False
 
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.outputs is None):
+            raise ValueError("give a model to sample or a folder of outputs to judge, not both")
+
     @property
     def generator(self) -> str:
-        return self.name or Path(self.model).name
+        return self.name or Path(self.model or self.outputs or "outputs").name
 
 
 @dataclass(frozen=True)
@@ -143,9 +149,13 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
     from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
 
     prompts = load_prompts(options)
-    model_outputs = generate_outputs(
-        options.model, options.generator, prompts, options.out, options, revision=options.revision
-    )
+    if options.model is None:
+        assert options.outputs is not None
+        model_outputs = stored_outputs(options.outputs, prompts, "--outputs")
+    else:
+        model_outputs = generate_outputs(
+            options.model, options.generator, prompts, options.out, options, revision=options.revision
+        )
     baseline_outputs = _baseline_outputs(options, prompts)
     results: dict[str, Any] = {}
     for language, items in prompts.items():
@@ -166,7 +176,7 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
             )
         results[language] = entry
     summary = {
-        "model": str(options.model),
+        "model": str(options.model or options.outputs),
         "generator": options.generator,
         "baseline": str(options.baseline or options.baseline_outputs)
         if baseline_outputs is not None
@@ -188,16 +198,7 @@ def _judged(items: Sequence[Prompt], outputs: Sequence[str], language_name: str)
 
 def _baseline_outputs(options: EvalOptions, prompts: dict[str, list[Prompt]]) -> dict[str, list[str]] | None:
     if options.baseline_outputs is not None:
-        outputs = {}
-        for language, items in prompts.items():
-            found = read_outputs(options.baseline_outputs / language / OUTPUTS_FILE, items, None)
-            if found is None:
-                raise ValueError(
-                    f"--baseline-outputs {options.baseline_outputs}: no {language}/{OUTPUTS_FILE} answering "
-                    "these instructions; write it with `xlreward eval` on the same instructions"
-                )
-            outputs[language] = found
-        return outputs
+        return stored_outputs(options.baseline_outputs, prompts, "--baseline-outputs")
     if options.baseline is not None:
         return generate_outputs(
             options.baseline,
@@ -209,6 +210,20 @@ def _baseline_outputs(options: EvalOptions, prompts: dict[str, list[Prompt]]) ->
             what="--baseline",
         )
     return None
+
+
+def stored_outputs(folder: Path, prompts: dict[str, list[Prompt]], flag: str) -> dict[str, list[str]]:
+    """The outputs in ``folder``/<language>/model_outputs.json, each file answering exactly its prompts."""
+    outputs = {}
+    for language, items in prompts.items():
+        found = read_outputs(folder / language / OUTPUTS_FILE, items, None)
+        if found is None:
+            raise ValueError(
+                f"{flag} {folder}: no {language}/{OUTPUTS_FILE} answering these instructions; write it with "
+                "`xlreward eval` or `xlreward best-of-n` on the same instructions"
+            )
+        outputs[language] = found
+    return outputs
 
 
 def _write_judged(
