@@ -13,6 +13,7 @@ from pathlib import Path
 from xlreward.demo.lm import LMTraining
 from xlreward.demo.models import DemoConfig, WorldSplit
 from xlreward.demo.run import DemoRun, IterationSettings, run_demo
+from xlreward.demo.transfer import TransferSettings
 
 TOY = DemoConfig(
     split=WorldSplit(pretrain=40, sft=40, english_dpo=24, iterate=3, evaluate=4),
@@ -24,6 +25,17 @@ TOY = DemoConfig(
     dpo_epochs=4.0,  # TRL warms up from lr 0: a one-step pi^0 would equal pi_ref
 )
 ROWS = ["pi_ref", "pi^0", "iteration 1", "iteration 2", "iteration 1 (R_m)"]
+TRANSFER_ROWS = [
+    "best-of-4: English RM",
+    "best-of-4: same-language RM",
+    "best-of-4: implicit reward",
+    "pi_ref sample (best-of-1)",
+    "GRPO: English RM",
+]
+TOY_TRANSFER = TransferSettings(
+    rm_tasks=12, rm_epochs=1.0, rm_batch_size=8, n=4, grpo_steps=2, grpo_batch_size=8, grpo_generations=4,
+    grpo_max_tokens=8,
+)  # fmt: skip
 
 
 def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -32,6 +44,7 @@ def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  #
         cache=tmp_path / "cache",
         config=TOY,
         iteration=IterationSettings(samples=4, temperature=1.5, max_tokens=8, epochs=2.0),
+        transfer=TOY_TRANSFER,
     )
     summary = run_demo(run)
     out = run.out
@@ -46,7 +59,11 @@ def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  #
     assert set(summary["targets"]) == {
         "iteration_2_beats_pi0",
         "cross_lingual_beats_monolingual_at_iteration_1",
+        "best_of_4_english_rm_beats_pi_ref",
+        "grpo_english_rm_beats_pi_ref",
+        "comparisons",
     }
+    check_transfer(out, summary)
     # Iteration 2 sampled from the model iteration 1 trained and scored with pi^0 against pi_ref (the
     # demo's reward_policy = "initial").
     second = json.loads((out / "cross-lingual" / "iter-2" / "DONE.json").read_text())
@@ -62,3 +79,27 @@ def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  #
     # A second run reuses the cached models and every finished stage.
     again = run_demo(run)
     assert again["rows"] == summary["rows"]
+
+
+def check_transfer(out: Path, summary: dict) -> None:  # type: ignore[type-arg]
+    """The transfer part ran through the real commands: one RM per language, best-of-n over the served
+    rewards (judged against pi_ref's own outputs), and a GRPO run rewarded by the English RM."""
+    transfer = summary["transfer"]
+    assert list(transfer["rows"]) == TRANSFER_ROWS and transfer["baseline"] == "pi_ref"
+    for name, row in transfer["rows"].items():
+        assert set(row) == ({"en", "es", "de"} if name.startswith("GRPO") else {"es", "de"})
+    assert set(transfer["rm_held_out_accuracy"]) == {"en", "es", "de"}
+    for language in ("en", "es", "de"):
+        assert (out / "transfer" / f"rm-{language}" / "model" / "config.json").exists()
+    best = json.loads((out / "transfer" / "best-of-n" / "summary.json").read_text())
+    assert best["n"] == 4 and best["sampler"] == "icr" and best["sampler_role"] == "reference"
+    modes = {model["name"]: model["reward_prompt"] for model in best["models"]}
+    assert modes == {"rm-en": "prompt", "rm-es": "prompt", "rm-de": "prompt", "icr": "english"}
+    # The rows judge the outputs best-of-n wrote, against the outputs pi_ref wrote in the evaluation.
+    judged = json.loads((out / "transfer" / "eval" / "english-rm" / "results.json").read_text())
+    assert judged["baseline"] == str(out / "eval" / "pi_ref")
+    assert judged["model"] == str(out / "transfer" / "best-of-n" / "rm-en")
+    rl = json.loads((out / "transfer" / "grpo" / "rl_config.json").read_text())
+    reward = rl["config"]["reward"]
+    assert reward["model"] == "rm-en" and reward["reward_prompt"] == "prompt"
+    assert (out / "transfer" / "grpo" / "model" / "config.json").exists()

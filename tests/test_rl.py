@@ -116,6 +116,13 @@ def test_runs_finishes_once_and_resumes_from_the_last_checkpoint(
     assert main(["rl", "--config", str(config)]) == 0  # the same config again: nothing to do
     assert "already done" in capsys.readouterr().err
     assert (out / "final_metrics.json").stat().st_mtime_ns == stamp
+    # Nor through another address of the server, with a key (which rl_config.json never holds): where the
+    # reward server is changes nothing the run trains.
+    moved = f'service_url = "{server.replace("127.0.0.1", "localhost")}"\napi_key = "sk-secret"'
+    write_config(tmp_path, llama_pair.policy, moved, max_steps=1)
+    assert main(["rl", "--config", str(config)]) == 0
+    assert "already done" in capsys.readouterr().err
+    assert "sk-secret" not in (out / "rl_config.json").read_text()
 
     # One more step, as a run stopped after step 1 would be continued: from checkpoint-1, not from scratch.
     write_config(tmp_path, llama_pair.policy, reward, max_steps=2)

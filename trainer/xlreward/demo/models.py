@@ -91,10 +91,19 @@ class DemoTasks:
 
     @classmethod
     def build(cls, split: WorldSplit) -> DemoTasks:
-        k = split.kinds
-        stages = [(split.pretrain, k), (split.sft, k), (split.english_dpo, k)]
-        stages += [(split.iterate, split.iterate_kinds), (split.evaluate, k)]
-        return cls(*world.distinct_stages(stages, split.seed, split.max_operand))
+        return cls(*world.distinct_stages(stage_list(split), split.seed, split.max_operand))
+
+
+def stage_list(split: WorldSplit) -> list[tuple[int, tuple[world.TaskKind, ...]]]:
+    """(count, kinds) of the demo's stages in order; a stage appended after them shares no task with them."""
+    k = split.kinds
+    return [
+        (split.pretrain, k),
+        (split.sft, k),
+        (split.english_dpo, k),
+        (split.iterate, split.iterate_kinds),
+        (split.evaluate, k),
+    ]
 
 
 @dataclass(frozen=True)

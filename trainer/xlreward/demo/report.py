@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 TARGET_WIN_RATE = 60.0
+BEST_OF_N_TARGET = 60.0  # best-of-n with the English RM against pi_ref's sample, every non-English language
+GRPO_TARGET = 55.0  # GRPO rewarded by the English RM against pi_ref
+# The rerankers compared (summary key: row label).
+REWARDS = {
+    "english_rm": "English RM",
+    "same_language_rm": "same-language RM",
+    "implicit_reward": "implicit reward",
+}
 ITERATION_ROWS = ("pi_ref", "pi^0", "iteration 1", "iteration 2")
 
 
@@ -35,6 +43,72 @@ def targets(rows: dict[str, Any], languages: list[str]) -> dict[str, Any]:
             "met": rc > rm,
         },
     }
+
+
+def transfer_targets(transfer: dict[str, Any], languages: list[str]) -> dict[str, Any]:
+    """The transfer part's targets (non-English languages): best-of-n reranked by the English RM wins >= 60%
+    against pi_ref's sample, and GRPO rewarded by it >= 55% against pi_ref; and, reported as measured,
+    the English RM against the same-language RM and both against the implicit reward."""
+    others = [language for language in languages if language != "en"]
+    rows = transfer["rows"]
+    n = transfer["n"]
+
+    def rates(row: str) -> dict[str, float]:
+        return {language: float(rows[row][language]["win_rate"]) for language in others}
+
+    by_reward = {kind: rates(f"best-of-{n}: {label}") for kind, label in REWARDS.items()}
+    english, same, implicit = (
+        by_reward["english_rm"],
+        by_reward["same_language_rm"],
+        by_reward["implicit_reward"],
+    )
+    grpo = rates("GRPO: English RM")
+    return {
+        f"best_of_{n}_english_rm_beats_pi_ref": {
+            "win_rates": english,
+            "threshold": BEST_OF_N_TARGET,
+            "met": all(rate >= BEST_OF_N_TARGET for rate in english.values()),
+        },
+        "grpo_english_rm_beats_pi_ref": {
+            "win_rates": grpo,
+            "threshold": GRPO_TARGET,
+            "met": all(rate >= GRPO_TARGET for rate in grpo.values()),
+        },
+        "comparisons": {
+            language: {
+                "english_rm": english[language],
+                "same_language_rm": same[language],
+                "implicit_reward": implicit[language],
+                "english_rm_beats_same_language_rm": english[language] > same[language],
+                "best_reward": max(by_reward, key=lambda kind: by_reward[kind][language]),
+            }
+            for language in others
+        },
+    }
+
+
+def transfer_table(transfer: dict[str, Any], languages: list[str]) -> str:
+    others = [language for language in languages if language in next(iter(transfer["rows"].values()))]
+    header = f"{'reranked by / trained':<32}" + "".join(
+        f"{language + ' WR':>9}{language + ' acc':>9}" for language in others
+    )
+    lines = [
+        f"reward-model transfer: win rates against {transfer['baseline']}'s sample, judged by the oracle",
+        header,
+    ]
+    for name, row in transfer["rows"].items():
+        cells = "".join(
+            f"{row[lang]['win_rate']:>9.1f}{100 * row[lang]['mean_score']:>9.1f}" for lang in others
+        )
+        lines.append(f"{name:<32}{cells}")
+    accuracy = ", ".join(f"{lang} {value:.1f}%" for lang, value in transfer["rm_held_out_accuracy"].items())
+    lines.append(f"RM accuracy on held-out pairs of their own language: {accuracy}")
+    reward = transfer["grpo_reward"]
+    lines.append(
+        f"GRPO mean reward (English RM): {reward['first']:.2f} at the first step, "
+        f"{reward['last']:.2f} at the last"
+    )
+    return "\n".join(lines)
 
 
 def table(rows: dict[str, Any], languages: list[str], baseline: str) -> str:
@@ -87,6 +161,7 @@ def write_report(
     *,
     baseline: str,
     languages: list[str],
+    transfer: dict[str, Any],
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "baseline": baseline,
@@ -94,7 +169,8 @@ def write_report(
         "languages": languages,
         "rows": rows,
         "pair_accuracy": accuracy,
-        "targets": targets(rows, languages),
+        "transfer": transfer,
+        "targets": targets(rows, languages) | transfer_targets(transfer, languages),
         "timings_s": {name: round(value, 1) for name, value in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -109,9 +185,16 @@ def write_report(
                 for lang, v in per_language.items()
             )
         )
+    print()
+    print(transfer_table(transfer, languages))
+    print()
     for name, target in summary["targets"].items():
+        if name == "comparisons":
+            continue
         details = json.dumps({key: value for key, value in target.items() if key != "met"})
         print(f"target {name}: {'met' if target['met'] else 'NOT met'} {details}")
+    for language, compared in summary["targets"]["comparisons"].items():
+        print(f"{language}: the best reranker is the {compared['best_reward'].replace('_', ' ')}")
     print(
         f"\nwrote {out / 'summary.json'} and {out / 'win_rates.png'} ({timings['total_s']:.0f} s)",
         file=sys.stderr,

@@ -8,7 +8,11 @@
    service (pi^t and pi_ref), annotates through it with the workers (embedded, or Celery over Redis when
    a broker URL is given), trains with DPO + NLL, and serves the new policy next.
 4. ``xlreward eval`` logic on the held-out prompts with the oracle judge, against pi^0's outputs.
-5. The Table-2-shaped table, ``OUT/summary.json`` and ``OUT/win_rates.png`` (``report.py``).
+5. Reward-model transfer (``transfer.py``): RMs trained with ``xlreward train-rm``, ``xlreward best-of-n``
+   from pi_ref reranked by each reward, and a short ``xlreward rl`` (GRPO) run rewarded by the English RM,
+   all judged by the oracle against pi_ref's outputs.
+6. The Table-2-shaped table, the transfer table, ``OUT/summary.json`` and ``OUT/win_rates.png``
+   (``report.py``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xlreward.demo import world
+from xlreward.demo import transfer, world
 from xlreward.demo.models import DemoConfig, DemoModels, DemoTasks, build_models
+from xlreward.demo.transfer import TransferSettings
 
 BASELINE = "pi^0"
+REFERENCE = "pi_ref"  # the transfer part's baseline, as in "Reuse Your Rewards" (the SFT model)
+SERVICE_READY_TIMEOUT_S = 600.0
 LANGUAGES = list(world.LANGUAGES)
 
 
@@ -59,6 +66,7 @@ class DemoRun:
     broker: str | None = None
     config: DemoConfig = field(default_factory=DemoConfig)
     iteration: IterationSettings = field(default_factory=IterationSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
     log: Callable[[str], None] = lambda message: print(
         f"xlreward demo: {message}", file=sys.stderr, flush=True
     )
@@ -120,15 +128,15 @@ def iterate_config(
     return path
 
 
-def run_iterate(run: DemoRun, config: Path, label: str) -> None:
-    """``xlreward iterate --config`` in its own process, its output in OUT/logs."""
-    log_path = run.out / "logs" / f"{config.stem}.log"
+def run_command(run: DemoRun, arguments: list[str], name: str) -> None:
+    """``xlreward <arguments>`` in its own process, as a user runs it; its output in OUT/logs/<name>.log."""
+    log_path = run.out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    run.log(f"{label}: xlreward iterate --config {config} (log: {log_path})")
+    run.log(f"xlreward {' '.join(arguments[:1])} (log: {log_path})")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     with log_path.open("w") as log_file:
         status = subprocess.run(
-            [sys.executable, "-m", "xlreward.cli", "iterate", "--config", str(config)],
+            [sys.executable, "-m", "xlreward.cli", *arguments],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
@@ -136,17 +144,26 @@ def run_iterate(run: DemoRun, config: Path, label: str) -> None:
         ).returncode
     if status != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
-        raise RuntimeError(f"xlreward iterate failed (exit {status}); the end of {log_path}:\n{tail}")
+        raise RuntimeError(f"xlreward {arguments[0]} failed (exit {status}); the end of {log_path}:\n{tail}")
+
+
+def run_iterate(run: DemoRun, config: Path, label: str) -> None:
+    """``xlreward iterate --config`` in its own process, its output in OUT/logs."""
+    run.log(f"{label}: xlreward iterate --config {config}")
+    run_command(run, ["iterate", "--config", str(config)], config.stem)
+
+
+def eval_folder(run: DemoRun, name: str) -> Path:
+    return run.out / "eval" / name.replace("^", "").replace(" ", "-").replace(":", "")
 
 
 def evaluate_models(run: DemoRun, models: dict[str, Path], instructions: Path) -> dict[str, Any]:
     """Every model's outputs on the held-out prompts, judged by the oracle against pi^0's."""
     from xlreward.evaluation.judges import OracleJudge
     from xlreward.evaluation.run import EvalOptions, evaluate, generate_outputs, load_prompts
-    from xlreward.evaluation.sampling import SamplingSettings
 
-    sampling = SamplingSettings(max_new_tokens=run.iteration.max_tokens)
-    folders = {name: run.out / "eval" / name.replace("^", "").replace(" ", "-") for name in models}
+    sampling = eval_sampling(run)
+    folders = {name: eval_folder(run, name) for name in models}
 
     def options(name: str, baseline: Path | None) -> EvalOptions:
         return EvalOptions(
@@ -161,13 +178,94 @@ def evaluate_models(run: DemoRun, models: dict[str, Path], instructions: Path) -
 
     run.log(f"evaluating {BASELINE} (the baseline)")
     first = options(BASELINE, None)  # its outputs first: every row is judged against them
-    generate_outputs(first.model, first.generator, load_prompts(first), first.out, first)
+    generate_outputs(models[BASELINE], first.generator, load_prompts(first), first.out, first)
     results = {}
     for name in models:
         if name != BASELINE:
             run.log(f"evaluating {name}")
         results[name] = evaluate(options(name, folders[BASELINE]), OracleJudge())["languages"]
     return results
+
+
+def eval_sampling(run: DemoRun) -> Any:
+    """The evaluation's decoding (the paper's, with the demo's response length): every model's held-out
+    outputs, and the best-of-n candidates, are sampled with it."""
+    from xlreward.evaluation.sampling import SamplingSettings
+
+    return SamplingSettings(max_new_tokens=run.iteration.max_tokens)
+
+
+def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: Path) -> dict[str, Any]:
+    """The transfer part (``transfer.py``); pi_ref's held-out outputs (``evaluate_models``) must exist."""
+    from xlreward.evaluation.judges import OracleJudge
+    from xlreward.evaluation.run import EvalOptions, evaluate
+    from xlreward.service.process import serve_process
+
+    settings, out = run.transfer, run.out / "transfer"
+    others = [language for language in LANGUAGES if language != "en"]
+    baseline = eval_folder(run, REFERENCE)
+
+    def command(arguments: list[str], name: str) -> None:
+        run_command(run, arguments, name)
+
+    def judged(outputs: Path, languages: list[str], name: str) -> dict[str, Any]:
+        options = EvalOptions(
+            instructions=[eval_file],
+            languages=languages,
+            model=None,
+            outputs=outputs,
+            out=out / "eval" / name,
+            baseline_outputs=baseline,
+        )
+        return dict(evaluate(options, OracleJudge())["languages"])
+
+    run.log("reward-model transfer: one RM per language (xlreward train-rm)")
+    reward_models = transfer.train_reward_models(out, run.config, models, settings, command)
+    served = transfer.models_file(run.out / "config" / "transfer-models.toml", models, reward_models)
+    env = {"XLREWARD_DEVICE": "cpu", "XLREWARD_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}
+    log_path = run.out / "logs" / "transfer-service.log"
+    with serve_process(
+        serve_args=["--models", str(served)],
+        log_path=log_path,
+        env=env,
+        ready_timeout=SERVICE_READY_TIMEOUT_S,
+    ) as url:
+        run.log(f"reward service with {len(reward_models)} RMs and the implicit pair up at {url}")
+        sampling = eval_sampling(run)
+        folder = transfer.best_of_n(
+            out,
+            url,
+            eval_file,
+            others,
+            settings,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            command=command,
+        )
+        config = transfer.rl_config(
+            run.out / "config" / "rl.toml", out / "grpo", url, models, train_file, settings, others
+        )
+        command(["rl", "--config", str(config)], "rl")
+    rows = transfer.best_of_n_rows(judged, folder, others, settings)
+    grpo = EvalOptions(
+        instructions=[eval_file],
+        languages=LANGUAGES,
+        model=out / "grpo" / "model",
+        name="GRPO (English RM)",
+        out=out / "eval" / "grpo",
+        baseline_outputs=baseline,
+        sampling=eval_sampling(run),
+    )
+    rows["GRPO: English RM"] = dict(evaluate(grpo, OracleJudge())["languages"])
+    rewards = json.loads((out / "grpo" / "final_metrics.json").read_text())["reward"]
+    return {
+        "baseline": REFERENCE,
+        "n": settings.n,
+        "rows": rows,
+        "rm_held_out_accuracy": transfer.held_out_accuracy(reward_models),
+        "grpo_reward": {"first": rewards["first"]["mean"], "last": rewards["last"]["mean"]},
+    }
 
 
 def pair_accuracy(pairs_file: Path) -> dict[str, Any]:
@@ -236,7 +334,7 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
         run_iterate(run, iterate_config(run, models, train_file, mode=mode, iterations=iterations), label)
         timings[f"iterate_{mode}_s"] = time.monotonic() - begin
     trained = {
-        "pi_ref": models.sft,
+        REFERENCE: models.sft,
         BASELINE: models.pi0,
         "iteration 1": run.out / "cross-lingual" / "iter-1" / "train" / "model",
         "iteration 2": run.out / "cross-lingual" / "iter-2" / "train" / "model",
@@ -250,5 +348,10 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
         "R_c iteration 2": pair_accuracy(run.out / "cross-lingual" / "iter-2" / "annotate" / "pairs.jsonl"),
         "R_m iteration 1": pair_accuracy(run.out / "monolingual" / "iter-1" / "annotate" / "pairs.jsonl"),
     }
+    begin = time.monotonic()
+    transferred = run_transfer(run, models, train_file, eval_file)
+    timings["transfer_s"] = time.monotonic() - begin
     timings["total_s"] = time.monotonic() - started
-    return write_report(run.out, rows, accuracy, timings, baseline=BASELINE, languages=LANGUAGES)
+    return write_report(
+        run.out, rows, accuracy, timings, baseline=BASELINE, languages=LANGUAGES, transfer=transferred
+    )

@@ -331,7 +331,7 @@ def config_record(config: RLConfig, policy: ModelSource) -> dict[str, Any]:
     """What rl_config.json records of the run: the config as written (its paths resolved), and each model
     name with the folder it resolved to. A finished run is one whose record matches."""
     return {
-        "config": config.model_dump(mode="json"),
+        "config": config.model_dump(mode="json", exclude={"reward": {"api_key"}}),  # no secret on disk
         "models": {
             "policy": {"name": config.policy, "folder": str(policy.folder), "source": policy.describe()}
         },
@@ -347,10 +347,22 @@ def finished_run(config: RLConfig, record: dict[str, Any]) -> dict[str, Any] | N
     if not all(path.is_file() for path in needed):
         return None
     written = json.loads((out / "rl_config.json").read_text(encoding="utf-8"))
-    if {key: written.get(key) for key in record} != record:
+    if _what_decides({key: written.get(key) for key in record}) != _what_decides(record):
         return None
     final: dict[str, Any] = json.loads((out / "final_metrics.json").read_text(encoding="utf-8"))
     return final
+
+
+def _what_decides(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without where the reward server is: a server started for each run (``models_file``, or a
+    caller's on a fresh port) is reached at a new address every time, which changes nothing trained."""
+    config = dict(record.get("config") or {})
+    config["reward"] = {
+        key: value
+        for key, value in dict(config.get("reward") or {}).items()
+        if key not in ("service_url", "models_file")
+    }
+    return record | {"config": config}
 
 
 def run_rl(config: RLConfig) -> dict[str, Any]:
@@ -516,12 +528,12 @@ def train_grpo(
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     save_final_model(trainer, tokenizer, paths, checkpoint_dtype(folder))
     final = {
+        **output.metrics,  # first: TRL's end-of-run metrics can hold a "reward" of their own
         "steps": output.global_step,
         "reward": reward_means(trainer.state.log_history),
         "reward_model": reward_model,
         "reward_prompt": config.reward.reward_prompt,
         "resumed_from": str(resume) if resume else None,
-        **output.metrics,
         "last_logged": metrics_file.last,
         "model": str(paths.model),
     }
