@@ -37,7 +37,10 @@ def modules_loaded_by(code: str) -> set[str]:
         HELP.format(argv=["iterate", "--help"]),
         HELP.format(argv=["eval", "--help"]),
         HELP.format(argv=["demo", "--help"]),
+        HELP.format(argv=["best-of-n", "--help"]),
+        HELP.format(argv=["rl", "--help"]),
         "import xlreward.client, xlreward.worker.annotate, xlreward.worker.celery_app",
+        "import xlreward.worker.best_of_n, xlreward.client.trl_reward",
     ],
 )
 def test_no_heavy_imports(code: str) -> None:
