@@ -78,7 +78,8 @@ def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  #
     assert "iteration 2" in table and "win rates against pi^0" in table
     # A second run reuses the cached models and every finished stage.
     again = run_demo(run)
-    assert again["rows"] == summary["rows"]
+    assert again["rows"] == summary["rows"] and again["transfer"] == summary["transfer"]
+    assert "already done" in (out / "logs" / "rl.log").read_text()  # the GRPO run is not redone
 
 
 def check_transfer(out: Path, summary: dict) -> None:  # type: ignore[type-arg]
