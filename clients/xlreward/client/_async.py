@@ -20,7 +20,6 @@ from xlreward.client._base import (
 )
 from xlreward.client._exceptions import connection_error, error_for_response
 from xlreward.client._retry import async_retrying
-from xlreward.client._sync import BestOfNPromptLike, best_of_n_requests, merge_best_of_n
 from xlreward.service.protocol import (
     BestOfNRequest,
     BestOfNResponse,
@@ -164,7 +163,7 @@ class AsyncRewardClient(ClientSettings):
 
     async def best_of_n(
         self,
-        prompts: str | Sequence[BestOfNPromptLike],
+        prompts: str | Sequence[payloads.BestOfNPromptLike],
         *,
         n: int = 16,
         model: str | None = None,
@@ -180,7 +179,7 @@ class AsyncRewardClient(ClientSettings):
         truncate: bool = True,
     ) -> BestOfNResponse:
         """``n`` samples per prompt, scored by reward model ``model`` and returned best first."""
-        requests = best_of_n_requests(
+        requests = payloads.best_of_n_requests(
             prompts,
             limit=self.max_items_per_request,
             n=n,
@@ -199,7 +198,7 @@ class AsyncRewardClient(ClientSettings):
         answers = await gather_bounded(
             [self._best_of_n(request) for request in requests], MAX_CONCURRENT_REQUESTS
         )
-        return merge_best_of_n(answers, requests)
+        return payloads.merge_best_of_n(answers, requests)
 
     async def health(self) -> bool:
         """Whether the server process answers (GET /healthz is 200)."""

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from xlreward.client._exceptions import XLRewardError
 from xlreward.service.protocol import (
+    BestOfNPrompt,
+    BestOfNRequest,
+    BestOfNResponse,
     ChatMessage,
     GenerateRequest,
     GenerateResponse,
@@ -28,6 +31,7 @@ from xlreward.service.protocol import (
 ItemLike = RewardItem | Mapping[str, Any]
 GroupLike = RewardGroup | Mapping[str, Any]
 PromptLike = str | Sequence[ChatMessage | Mapping[str, str]]
+BestOfNPromptLike = str | BestOfNPrompt | Mapping[str, Any]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,7 +75,15 @@ def generate_requests(
     """Requests of at most ``limit`` completions (prompts x n) each, in order; a bare string is one prompt.
     ``n`` above ``limit`` still goes one prompt per request, and the server says whether it takes it."""
     listed = [prompts] if isinstance(prompts, str) else list(prompts)
-    whole = GenerateRequest.model_validate({"prompts": listed, **sampling})
+    return split_prompts(GenerateRequest.model_validate({"prompts": listed, **sampling}), limit)
+
+
+Sampled = TypeVar("Sampled", GenerateRequest, BestOfNRequest)
+
+
+def split_prompts(whole: Sampled, limit: int) -> list[Sampled]:
+    """``whole`` as requests of at most ``limit`` samples (prompts x n) each, in order; ``n`` above
+    ``limit`` still goes one prompt per request."""
     step = max(1, limit // whole.n)
     return [
         whole.model_copy(update={"prompts": whole.prompts[start : start + step]})
@@ -89,6 +101,29 @@ def merge_generated(
         results.extend(r.model_copy(update={"index": r.index + offset}) for r in answer.results)
         offset += len(request.prompts)
     return GenerateResponse(results=results, model=answers[0].model)
+
+
+def best_of_n_requests(
+    prompts: str | Sequence[BestOfNPromptLike], *, limit: int, **options: Any
+) -> list[BestOfNRequest]:
+    """Requests of at most ``limit`` samples (prompts x n) each, in order, as ``/generate`` is split; a bare
+    string is one prompt."""
+    listed = [prompts] if isinstance(prompts, str) else list(prompts)
+    entries = [{"prompt": entry} if isinstance(entry, str) else entry for entry in listed]
+    return split_prompts(BestOfNRequest.model_validate({"prompts": entries, **options}), limit)
+
+
+def merge_best_of_n(
+    answers: Sequence[BestOfNResponse], requests: Sequence[BestOfNRequest]
+) -> BestOfNResponse:
+    """One answer for all the requests, checked to hold one result per prompt."""
+    for answer, request in zip(answers, requests, strict=True):
+        if len(answer.results) != len(request.prompts):
+            raise XLRewardError(
+                f"/best-of-n answered {len(answer.results)} results for {len(request.prompts)} prompts"
+            )
+    results = [result for answer in answers for result in answer.results]
+    return BestOfNResponse(results=results, model=answers[0].model, sampler=answers[0].sampler)
 
 
 def body(request: BaseModel) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -17,10 +17,9 @@ from xlreward.client._base import (
     PROBE_TIMEOUT,
     ClientSettings,
 )
-from xlreward.client._exceptions import XLRewardError, connection_error, error_for_response
+from xlreward.client._exceptions import connection_error, error_for_response
 from xlreward.client._retry import retrying
 from xlreward.service.protocol import (
-    BestOfNPrompt,
     BestOfNRequest,
     BestOfNResponse,
     GenerateRequest,
@@ -30,36 +29,6 @@ from xlreward.service.protocol import (
     RewardResponse,
     RewardResult,
 )
-
-BestOfNPromptLike = str | BestOfNPrompt | Mapping[str, Any]
-
-
-def best_of_n_requests(
-    prompts: str | Sequence[BestOfNPromptLike], *, limit: int, **options: Any
-) -> list[BestOfNRequest]:
-    """Requests of at most ``limit`` samples (prompts x n) each, in order, as ``/generate`` is split; a bare
-    string is one prompt. Shared by both clients."""
-    listed = [prompts] if isinstance(prompts, str) else list(prompts)
-    entries = [{"prompt": entry} if isinstance(entry, str) else entry for entry in listed]
-    whole = BestOfNRequest.model_validate({"prompts": entries, **options})
-    step = max(1, limit // whole.n)
-    return [
-        whole.model_copy(update={"prompts": whole.prompts[start : start + step]})
-        for start in range(0, len(whole.prompts), step)
-    ]
-
-
-def merge_best_of_n(
-    answers: Sequence[BestOfNResponse], requests: Sequence[BestOfNRequest]
-) -> BestOfNResponse:
-    """One answer for all the requests, checked to hold one result per prompt."""
-    for answer, request in zip(answers, requests, strict=True):
-        if len(answer.results) != len(request.prompts):
-            raise XLRewardError(
-                f"/best-of-n answered {len(answer.results)} results for {len(request.prompts)} prompts"
-            )
-    results = [result for answer in answers for result in answer.results]
-    return BestOfNResponse(results=results, model=answers[0].model, sampler=answers[0].sampler)
 
 
 class RewardClient(ClientSettings):
@@ -164,7 +133,7 @@ class RewardClient(ClientSettings):
 
     def best_of_n(
         self,
-        prompts: str | Sequence[BestOfNPromptLike],
+        prompts: str | Sequence[payloads.BestOfNPromptLike],
         *,
         n: int = 16,
         model: str | None = None,
@@ -183,7 +152,7 @@ class RewardClient(ClientSettings):
         string, or ``{"id"?, "prompt", "reward_prompt"?}`` to score against another prompt (the English
         instruction behind a target-language one). ``sampler``/``sampler_role``: which served model
         samples (see ``BestOfNRequest``)."""
-        requests = best_of_n_requests(
+        requests = payloads.best_of_n_requests(
             prompts,
             limit=self.max_items_per_request,
             n=n,
@@ -200,7 +169,7 @@ class RewardClient(ClientSettings):
             truncate=truncate,
         )
         answers = [self._best_of_n(request) for request in requests]
-        return merge_best_of_n(answers, requests)
+        return payloads.merge_best_of_n(answers, requests)
 
     def health(self) -> bool:
         """Whether the server process answers (GET /healthz is 200)."""
