@@ -153,13 +153,21 @@ def wait_for_units(
     plan: RunPlan, progress: Progress, timeout: float | None = None, kind: str = SCORED
 ) -> None:
     """Polls the store until every unit is scored (``kind`` GENERATED: has its samples)."""
-    seen = len(plan.jobs) - len(plan.pending(kind))
+    poll_until_done(len(plan.jobs), lambda: len(plan.pending(kind)), progress, timeout)
+
+
+def poll_until_done(
+    total: int, unfinished: Callable[[], int], progress: Progress, timeout: float | None
+) -> None:
+    """Polls ``unfinished()`` (units of ``total`` not done yet) until it is 0, reporting each newly done
+    unit to ``progress``; TimeoutError after ``timeout`` seconds."""
+    seen = total - unfinished()
     deadline = None if timeout is None else time.monotonic() + timeout
-    while seen < len(plan.jobs):
+    while seen < total:
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(plan.jobs) - seen} units still unfinished after {timeout:.0f} s")
+            raise TimeoutError(f"{total - seen} units still unfinished after {timeout:.0f} s")
         time.sleep(POLL_S)
-        done = len(plan.jobs) - len(plan.pending(kind))
+        done = total - unfinished()
         progress(done - seen)
         seen = done
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,11 +35,11 @@ from xlreward.client import RewardClient
 from xlreward.service.protocol import BestOfNRequest
 from xlreward.worker.annotate import (
     EMBEDDED_CONCURRENCY,
-    POLL_S,
     Progress,
     bind_out_dir,
     embedded_client,
     instructions_digest,
+    poll_until_done,
     write_atomically,
 )
 from xlreward.worker.instructions import InstructionSet, load_instructions
@@ -380,15 +379,7 @@ def dispatch(plan: BestOfNPlan, celery_app: Any) -> int:
 
 def wait_for_units(plan: BestOfNPlan, progress: Progress, timeout: float | None = None) -> None:
     """Polls the store until every model has scored every unit."""
-    seen = len(plan.jobs) - len(plan.pending())
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while seen < len(plan.jobs):
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(plan.jobs) - seen} units still unfinished after {timeout:.0f} s")
-        time.sleep(POLL_S)
-        done = len(plan.jobs) - len(plan.pending())
-        progress(done - seen)
-        seen = done
+    poll_until_done(len(plan.jobs), lambda: len(plan.pending()), progress, timeout)
 
 
 def run_to_completion(
