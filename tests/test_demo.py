@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from xlreward.demo.lm import LMTraining
-from xlreward.demo.models import DemoConfig, WorldSplit
+from xlreward.demo.models import DemoConfig, WorldSplit, model_folder
 from xlreward.demo.run import DemoRun, IterationSettings, run_demo
 from xlreward.demo.transfer import TransferSettings
 
@@ -68,8 +68,9 @@ def test_toy_demo_runs_the_method_end_to_end(tmp_path: Path, capsys) -> None:  #
     # demo's reward_policy = "initial").
     second = json.loads((out / "cross-lingual" / "iter-2" / "DONE.json").read_text())
     assert Path(second["generator"]) == (out / "cross-lingual" / "iter-1" / "train" / "model").resolve()
-    assert Path(second["served_policy"]).resolve() == (run.cache / TOY.key() / "pi0" / "model").resolve()
-    assert Path(second["served_reference"]).resolve() == (run.cache / TOY.key() / "sft").resolve()
+    models = model_folder(TOY, run.cache)
+    assert Path(second["served_policy"]).resolve() == (models / "pi0" / "model").resolve()
+    assert Path(second["served_reference"]).resolve() == (models / "sft").resolve()
     # The ablation scored with the target-language instruction, the main run with the English one.
     for mode, expected in (("cross-lingual", "cross_lingual"), ("monolingual", "monolingual")):
         spec = json.loads((out / mode / "iter-1" / "annotate" / "run.json").read_text())["spec"]

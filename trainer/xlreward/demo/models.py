@@ -120,8 +120,15 @@ def directive_prompt(language: str, english_instruction: str) -> str:
     return cross_lingual_prompt(english_instruction, language, DEFAULT_LANGUAGE_NAMES)
 
 
+def model_folder(config: DemoConfig, cache_root: Path) -> Path:
+    """Where ``config``'s models are cached: apart per config and per kind of CPU kernels (they differ)."""
+    from xlreward.demo.kernels import kernel_tag
+
+    return cache_root / f"{config.key()}-{kernel_tag()}"
+
+
 def build_models(config: DemoConfig, cache_root: Path, log: Log) -> DemoModels:
-    folder = cache_root / config.key()
+    folder = model_folder(config, cache_root)
     models = DemoModels(sft=folder / "sft", pi0=folder / "pi0" / "model")
     if (folder / "COMPLETE").exists():
         log(f"models: cached in {folder}")

@@ -200,3 +200,109 @@ def write_report(
         file=sys.stderr,
     )
     return summary
+
+
+# --- a sweep over seeds ------------------------------------------------------------------------------
+
+SWEEP_MEAN_TARGET = 62.0  # iteration 2 against pi^0, mean over the seeds, every non-English language
+METRICS = ("win_rate", "length_controlled_win_rate", "mean_score")
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": round(sum(values) / len(values), 2),
+        "min": min(values),
+        "max": max(values),
+        "per_seed": values,
+    }
+
+
+def _cells(per_seed_rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
+    """{row: {language: {metric: spread}}} over the seeds' rows (the rows and languages of the first)."""
+    first = per_seed_rows[0]
+    return {
+        name: {
+            language: {
+                metric: spread([float(rows[name][language][metric]) for rows in per_seed_rows])
+                for metric in metrics
+            }
+            for language in row
+        }
+        for name, row in first.items()
+    }
+
+
+def sweep_targets(
+    summaries: dict[int, dict[str, Any]], rows: dict[str, Any], languages: list[str]
+) -> dict[str, Any]:
+    """The targets over the seeds: each seed's own (every one must be met at every seed), iteration 2 against
+    pi^0 at >= 62% on the mean, and iteration 2 not below iteration 1 on the mean, every non-English
+    language."""
+    others = [language for language in languages if language != "en"]
+    names = next(iter(summaries.values()))["targets"]
+    every_seed = {
+        name: {
+            "met_at_seeds": [seed for seed, summary in summaries.items() if summary["targets"][name]["met"]],
+            "met": all(summary["targets"][name]["met"] for summary in summaries.values()),
+        }
+        for name in names
+        if name != "comparisons"
+    }
+    second = {language: rows["iteration 2"][language]["win_rate"]["mean"] for language in others}
+    first = {language: rows["iteration 1"][language]["win_rate"]["mean"] for language in others}
+    return {
+        **{f"{name}_every_seed": target for name, target in every_seed.items()},
+        "iteration_2_beats_pi0_on_the_mean": {
+            "win_rates": second,
+            "threshold": SWEEP_MEAN_TARGET,
+            "met": all(rate >= SWEEP_MEAN_TARGET for rate in second.values()),
+        },
+        "iteration_2_not_below_iteration_1_on_the_mean": {
+            "iteration_1": first,
+            "iteration_2": second,
+            "met": all(second[language] >= first[language] for language in others),
+        },
+    }
+
+
+def sweep_table(title: str, rows: dict[str, Any], languages: list[str]) -> str:
+    """Win rates as mean [min, max] over the seeds."""
+    header = f"{'':<32}" + "".join(f"{language + ' WR':>20}" for language in languages)
+    lines = [title, header]
+    for name, row in rows.items():
+        cells = []
+        for language in languages:
+            cell = row.get(language, {}).get("win_rate")
+            text = f"{cell['mean']:.1f} [{cell['min']:.1f}, {cell['max']:.1f}]" if cell else "-"
+            cells.append(f"{text:>20}")
+        lines.append(f"{name:<32}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_sweep(out: Path, summaries: dict[int, dict[str, Any]], *, languages: list[str]) -> dict[str, Any]:
+    """``OUT/sweep.json`` and the printed tables: every seed's numbers with their mean and spread."""
+    seeds = list(summaries)
+    rows = _cells([summaries[seed]["rows"] for seed in seeds], METRICS)
+    transfer = _cells([summaries[seed]["transfer"]["rows"] for seed in seeds], ("win_rate", "mean_score"))
+    sweep: dict[str, Any] = {
+        "seeds": seeds,
+        "baseline": summaries[seeds[0]]["baseline"],
+        "rows": rows,
+        "transfer_rows": transfer,
+        "targets": sweep_targets(summaries, rows, languages),
+        "timings_s": {seed: summaries[seed]["timings_s"] for seed in seeds},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=2, ensure_ascii=False))
+    baseline = sweep["baseline"]
+    print(f"\n{len(seeds)} seeds ({', '.join(map(str, seeds))}): mean [min, max] of each win rate")
+    print(sweep_table(f"against {baseline}", rows, languages))
+    print()
+    others = [language for language in languages if language in next(iter(transfer.values()))]
+    print(sweep_table("reward-model transfer, against pi_ref's sample", transfer, others))
+    print()
+    for name, target in sweep["targets"].items():
+        details = json.dumps({key: value for key, value in target.items() if key != "met"})
+        print(f"target {name}: {'met' if target['met'] else 'NOT met'} {details}")
+    print(f"\nwrote {out / 'sweep.json'}", file=sys.stderr)
+    return sweep

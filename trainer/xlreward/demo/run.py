@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class IterationSettings:
     batch_size: int = 16
     beta: float = 0.5
     nll_weight: float = 1.0
+    seed: int = 42  # of the annotation runs' sampling and of training
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,25 @@ class DemoRun:
     log: Callable[[str], None] = lambda message: print(
         f"xlreward demo: {message}", file=sys.stderr, flush=True
     )
+
+    def seeded(self, seed: int, out: Path) -> DemoRun:
+        """The same run with every random choice but the world's drawn from ``seed``: the models' weights and
+        data, the annotation runs' samples, training and the transfer part. Seed 0 is the default run. The
+        world (its tasks and their split into stages) stays the same, so seeds differ only in what they
+        learn from it."""
+        config = self.config
+        return replace(
+            self,
+            out=out,
+            config=replace(
+                config,
+                seed=config.seed + seed,
+                pretrain=replace(config.pretrain, seed=config.pretrain.seed + seed),
+                sft=replace(config.sft, seed=config.sft.seed + seed),
+            ),
+            iteration=replace(self.iteration, seed=self.iteration.seed + seed),
+            transfer=replace(self.transfer, seed=self.transfer.seed + seed),
+        )
 
 
 def write_instructions(path: Path, tasks: list[world.Task], prefix: str) -> Path:
@@ -109,7 +129,7 @@ def iterate_config(
         f"temperature = {s.temperature}",
         f"top_p = {s.top_p}",
         f"max_tokens = {s.max_tokens}",
-        "seed = 42",
+        f"seed = {s.seed}",
         f'reward_mode = "{mode.replace("-", "_")}"',
         "",
         "[train]",
@@ -120,7 +140,7 @@ def iterate_config(
         f"batch_size = {s.batch_size}",
         "grad_accum = 1",
         "max_length = 256",
-        "seed = 42",
+        f"seed = {s.seed}",
     ]
     path = run.out / "config" / f"iterate-{mode}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,6 +334,18 @@ def celery_workers(run: DemoRun, count: int = 2) -> Iterator[None]:
 def run_demo(run: DemoRun) -> dict[str, Any]:
     with celery_workers(run):
         return _run_demo(run)
+
+
+def run_sweep(run: DemoRun, seeds: list[int]) -> dict[str, Any]:
+    """The demo once per seed (``OUT/seed-<n>``, each resumable on its own), then the mean and spread of every
+    number and the targets over the seeds (``OUT/sweep.json``)."""
+    from xlreward.demo.report import write_sweep
+
+    summaries = {}
+    for seed in seeds:
+        run.log(f"seed {seed} of {seeds}")
+        summaries[seed] = run_demo(run.seeded(seed, run.out / f"seed-{seed}"))
+    return write_sweep(run.out, summaries, languages=LANGUAGES)
 
 
 def _run_demo(run: DemoRun) -> dict[str, Any]:

@@ -1,0 +1,44 @@
+"""The CPU kernels the demo computes with, pinned so that every x86-64 machine gets the same numbers.
+
+torch picks its CPU kernels by what the processor offers: on a machine with AVX-512 its own vectorised ops,
+MKL's matrix products and oneDNN's primitives take AVX-512 code paths that round differently from the AVX2
+paths an AVX2-only machine takes. Training a model amplifies those last-bit differences: with the same
+packages, the same seed and the same code, the demo's table on an AVX-512 machine differed from an AVX2
+machine's from its first row, and forcing the AVX2 paths on the AVX-512 machine reproduced the AVX2
+machine's table to the digit. So the demo asks for the AVX2 paths, which every x86-64 machine of the last
+decade has. (Other architectures, such as ARM, compute differently still; the seed sweep's spread says by
+how much a table may move.)
+
+Each setting is read once, when torch loads its libraries, so this must run before torch is imported; a
+variable the user set already is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import MutableMapping
+
+PORTABLE_KERNELS = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: one code path on every CPU
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN's primitives
+}
+
+
+def pin_portable_kernels(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Sets each of ``PORTABLE_KERNELS`` not already set in ``environ`` (child processes inherit them);
+    returns the settings in force. RuntimeError if torch is already imported in this process, where they
+    would come too late."""
+    if "torch" in sys.modules and environ is os.environ:
+        raise RuntimeError("pin_portable_kernels must run before torch is imported")
+    for name, value in PORTABLE_KERNELS.items():
+        environ.setdefault(name, value)
+    return {name: environ[name] for name in PORTABLE_KERNELS}
+
+
+def kernel_tag(environ: MutableMapping[str, str] = os.environ) -> str:
+    """ "portable" when the demo's kernels are pinned (``pin_portable_kernels``), else "native": models built
+    under one are cached apart from the other's, since they differ."""
+    pinned = all(environ.get(name) == value for name, value in PORTABLE_KERNELS.items())
+    return "portable" if pinned else "native"
