@@ -61,7 +61,10 @@ class DemoConfig:
     pretrain: LMTraining = field(default_factory=lambda: LMTraining(steps=500, batch_size=32, lr=3e-3))
     sft: LMTraining = field(default_factory=lambda: LMTraining(steps=1200, batch_size=32, lr=2e-3, seed=1))
     pretrain_correct_rate: float = 0.5
-    sft_correct_rates: dict[str, float] = field(default_factory=lambda: {"en": 0.5, "es": 0.2, "de": 0.2})
+    # The non-English SFT data is right 10% of the time. A win rate against pi^0 with ties counted half can
+    # reach at most 50 + (100 - pi^0's accuracy) / 2: at 20%, pi^0 was right 60-66% of the time in Spanish
+    # and German, which capped every later model near 67-70% and left the 60% target inside the noise.
+    sft_correct_rates: dict[str, float] = field(default_factory=lambda: {"en": 0.5, "es": 0.1, "de": 0.1})
     sft_filler_rate: float = 0.3
     sft_directive_share: float = 0.5  # of the SFT tasks, the share also given as directive + English prompts
     flaw_breadth: float = 0.5  # of the flawed answers in pretraining and SFT, the share that is any wrong one
