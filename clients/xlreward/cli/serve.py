@@ -42,6 +42,12 @@ def register(commands: Any) -> None:
     )
     add_settings_flags(parser, ServiceSettings, FLAGS, env_prefix="XLREWARD_")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop when this process (the one starting the server, e.g. a training loop) exits, even if it "
+        "is killed (default: run until stopped)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -78,6 +84,14 @@ def run(args: argparse.Namespace) -> int:
         settings = ServiceSettings(**overrides)
     except ValidationError as error:
         raise CommandError(describe_settings_error(error)) from None
+
+    if args.parent_pid is not None:
+        from xlreward.service.parent_watch import watch_parent
+
+        try:
+            watch_parent(args.parent_pid)
+        except ValueError as error:
+            raise CommandError(f"--parent-pid: {error}") from None
 
     import uvicorn
 

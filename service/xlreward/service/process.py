@@ -60,6 +60,7 @@ def serve_process(
 ) -> Iterator[str]:
     """Runs `xlreward serve` on 127.0.0.1 (a free port unless one is given) with ``env`` added to this
     process's environment; yields its URL once /readyz answers 200, then stops it (SIGTERM, then SIGKILL).
+    If this process dies first, even by SIGKILL, the server stops by itself (``--parent-pid``).
     What it serves: one pair (``policy``, ``reference``: ``--policy P --reference R``) and/or ``serve_args``
     (any other `xlreward serve` arguments, e.g. ``["--models", "models.toml"]``); one of them is needed.
     The server's output is appended to ``log_path``."""
@@ -80,6 +81,8 @@ def serve_process(
         str(port),
         "--log-level",
         log_level,
+        "--parent-pid",  # a killed caller takes its server with it
+        str(os.getpid()),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log:
