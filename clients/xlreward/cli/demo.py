@@ -29,7 +29,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--native-kernels",
         action="store_true",
-        help="let torch use the fastest CPU kernels this machine has instead of the AVX2 ones every x86-64 "
+        help="compute with the fastest CPU kernels this machine has instead of the AVX2 ones every x86-64 "
         "machine has (the table then depends on the processor; see xlreward/demo/kernels.py)",
     )
     parser.set_defaults(run=run)
