@@ -19,6 +19,24 @@ REWARDS = {
 ITERATION_ROWS = ("pi_ref", "pi^0", "iteration 1", "iteration 2")
 
 
+def at_least(win_rates: dict[str, float], threshold: float) -> dict[str, Any]:
+    """A target met when every language's win rate reaches ``threshold``."""
+    return {
+        "win_rates": win_rates,
+        "threshold": threshold,
+        "met": all(rate >= threshold for rate in win_rates.values()),
+    }
+
+
+def print_targets(targets: dict[str, Any]) -> None:
+    """One line per target (the comparisons, which are reported rather than targets, left out)."""
+    for name, target in targets.items():
+        if name == "comparisons":
+            continue
+        details = json.dumps({key: value for key, value in target.items() if key != "met"})
+        print(f"target {name}: {'met' if target['met'] else 'NOT met'} {details}")
+
+
 def targets(rows: dict[str, Any], languages: list[str]) -> dict[str, Any]:
     """The issue's targets: iteration 2 wins >= 60% against pi^0 in every non-English language, and at
     iteration 1 the cross-lingual reward prompt's model beats the monolingual one's (mean LC over the
@@ -32,11 +50,7 @@ def targets(rows: dict[str, Any], languages: list[str]) -> dict[str, Any]:
 
     rc, rm = mean_lc("iteration 1"), mean_lc("iteration 1 (R_m)")
     return {
-        "iteration_2_beats_pi0": {
-            "win_rates": second,
-            "threshold": TARGET_WIN_RATE,
-            "met": all(rate >= TARGET_WIN_RATE for rate in second.values()),
-        },
+        "iteration_2_beats_pi0": at_least(second, TARGET_WIN_RATE),
         "cross_lingual_beats_monolingual_at_iteration_1": {
             "R_c_mean_lc": rc,
             "R_m_mean_lc": rm,
@@ -64,16 +78,8 @@ def transfer_targets(transfer: dict[str, Any], languages: list[str]) -> dict[str
     )
     grpo = rates("GRPO: English RM")
     return {
-        f"best_of_{n}_english_rm_beats_pi_ref": {
-            "win_rates": english,
-            "threshold": BEST_OF_N_TARGET,
-            "met": all(rate >= BEST_OF_N_TARGET for rate in english.values()),
-        },
-        "grpo_english_rm_beats_pi_ref": {
-            "win_rates": grpo,
-            "threshold": GRPO_TARGET,
-            "met": all(rate >= GRPO_TARGET for rate in grpo.values()),
-        },
+        f"best_of_{n}_english_rm_beats_pi_ref": at_least(english, BEST_OF_N_TARGET),
+        "grpo_english_rm_beats_pi_ref": at_least(grpo, GRPO_TARGET),
         "comparisons": {
             language: {
                 "english_rm": english[language],
@@ -188,11 +194,7 @@ def write_report(
     print()
     print(transfer_table(transfer, languages))
     print()
-    for name, target in summary["targets"].items():
-        if name == "comparisons":
-            continue
-        details = json.dumps({key: value for key, value in target.items() if key != "met"})
-        print(f"target {name}: {'met' if target['met'] else 'NOT met'} {details}")
+    print_targets(summary["targets"])
     for language, compared in summary["targets"]["comparisons"].items():
         print(f"{language}: the best reranker is the {compared['best_reward'].replace('_', ' ')}")
     print(
@@ -252,11 +254,7 @@ def sweep_targets(
     first = {language: rows["iteration 1"][language]["win_rate"]["mean"] for language in others}
     return {
         **{f"{name}_every_seed": target for name, target in every_seed.items()},
-        "iteration_2_beats_pi0_on_the_mean": {
-            "win_rates": second,
-            "threshold": SWEEP_MEAN_TARGET,
-            "met": all(rate >= SWEEP_MEAN_TARGET for rate in second.values()),
-        },
+        "iteration_2_beats_pi0_on_the_mean": at_least(second, SWEEP_MEAN_TARGET),
         "iteration_2_not_below_iteration_1_on_the_mean": {
             "iteration_1": first,
             "iteration_2": second,
@@ -301,8 +299,6 @@ def write_sweep(out: Path, summaries: dict[int, dict[str, Any]], *, languages: l
     others = [language for language in languages if language in next(iter(transfer.values()))]
     print(sweep_table("reward-model transfer, against pi_ref's sample", transfer, others))
     print()
-    for name, target in sweep["targets"].items():
-        details = json.dumps({key: value for key, value in target.items() if key != "met"})
-        print(f"target {name}: {'met' if target['met'] else 'NOT met'} {details}")
+    print_targets(sweep["targets"])
     print(f"\nwrote {out / 'sweep.json'}", file=sys.stderr)
     return sweep
