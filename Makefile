@@ -17,22 +17,25 @@ LOCK := constraints.txt
 
 venv: $(VENV)/.installed
 
+# The venv with torch in it (installed unless one is there already) and pinned in torch-constraint.txt.
+define TORCH_FIRST
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; $(PIP) install "$(TORCH_SPEC)" $(QUIET_PIP); }
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > $(VENV)/torch-constraint.txt
+endef
+
 # Re-runs whenever pyproject.toml or the lock changes. torch goes in first and is then pinned to the installed
 # build through a constraints file, so nothing the project asks for can swap it for another (CUDA) build;
 # everything else comes at the lock's versions.
 $(VENV)/.installed: pyproject.toml $(LOCK) Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; $(PIP) install "$(TORCH_SPEC)" $(QUIET_PIP); }
-	@$(PY) -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > $(VENV)/torch-constraint.txt
+	$(TORCH_FIRST)
 	@echo "installing xlreward[dev] (torch kept at $$(cat $(VENV)/torch-constraint.txt))"
 	@$(PIP) install -c $(VENV)/torch-constraint.txt -c $(LOCK) -e ".[dev]" $(QUIET_PIP)
 	@touch $@
 
 # After a change to pyproject.toml's dependencies: install what it asks for unlocked, then record the versions.
 lock:
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(QUIET_PIP)
-	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(TORCH_FIRST)
 	@$(PIP) install --upgrade -c $(VENV)/torch-constraint.txt -e ".[dev]" $(QUIET_PIP)
 	@{ sed -n '1,/^[^#]/p' $(LOCK) | grep '^#'; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|xlreward)=='; } > $(LOCK).new
 	@mv $(LOCK).new $(LOCK) && touch $(VENV)/.installed && echo "wrote $(LOCK)"
