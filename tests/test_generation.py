@@ -190,6 +190,32 @@ def test_end_of_turn_token_ends_with_stop(generator: TransformersGenerator) -> N
     assert completion.text == generator.tokenizer.decode(new[:at], skip_special_tokens=True)
 
 
+def test_logprobs_are_the_raw_models_with_its_top_tokens(generator: TransformersGenerator) -> None:
+    """Log-probs, one per counted token, equal a plain forward's log-softmax of the unscaled logits."""
+    prompt_ids = generator.render(PROMPTS[1])
+    greedy = run(generator, prompts=[PROMPTS[1]], temperature=0, max_tokens=6, logprobs=3).results[0]
+    sampled = run(generator, prompts=[PROMPTS[1]], n=2, temperature=0.3, max_tokens=6, seed=2, logprobs=3)
+    assert greedy.prompt_tokens == len(prompt_ids) == sampled.results[0].prompt_tokens
+    ids = torch.tensor([prompt_ids])
+    new = generator.model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6
+    )[0, len(prompt_ids) :]
+    with torch.inference_mode():
+        logits = generator.model(torch.cat([ids[0], new])[None]).logits[0, len(prompt_ids) - 1 : -1]
+    expected = torch.log_softmax(logits.float(), dim=-1)  # (6, V): the raw distribution, temperature 1
+    completion = greedy.completions[0]
+    assert completion.logprobs is not None and len(completion.logprobs) == completion.num_tokens
+    for at, entry in enumerate(completion.logprobs):
+        assert entry.logprob == pytest.approx(expected[at, new[at]].item(), abs=1e-4)
+        values, top_ids = expected[at].topk(3)
+        assert [top.logprob for top in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-4)
+        assert [top.token for top in entry.top_logprobs] == [generator.tokenizer.decode([i]) for i in top_ids]
+    for completion in sampled.results[0].completions:  # sampled at temperature 0.3, reported at 1
+        assert completion.logprobs is not None and len(completion.logprobs) == completion.num_tokens
+        first = [top.logprob for top in completion.logprobs[0].top_logprobs]
+        assert first == pytest.approx(expected[0].topk(3).values.tolist(), abs=1e-4)
+
+
 def test_raw_prompts(generator: TransformersGenerator) -> None:
     response = run(generator, prompts=["The quick brown fox"], raw=True, n=2, max_tokens=4, seed=0)
     assert len(response.results[0].completions) == 2
@@ -305,6 +331,7 @@ def test_upstream_optional_fields_and_raw_prompts() -> None:
     assert "seed" not in body and "stop" not in body and "messages" not in body
     (completion,) = response.results[0].completions
     assert completion.text == "answer 0 to 1" and completion.num_tokens == 17  # n == 1: from usage
+    assert response.results[0].prompt_tokens == 5  # the upstream's count
     run(backend, prompts=["x"], top_k=0)
     assert "top_k" not in server.bodies[-1]
     with pytest.raises(GenerationError) as caught:

@@ -1,13 +1,15 @@
 """Wire schemas shared by the server, the client, the CLI and the JSONL files. Torch-free by design.
 
 Every request model forbids unknown fields, so a typo is a 422 that names the field, never a silently
-ignored option. The OpenAI-compatible requests are the exception (OpenAI clients send fields we do not
-use), and so are responses, which a client parses leniently so that servers can grow.
+ignored option. The OpenAI-compatible requests instead refuse what they do not implement with a 400 that
+names the field, and let pass what changes nothing (OpenAI clients send fields we have no use for).
+Responses are parsed leniently, so that servers can grow.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,6 +20,8 @@ RESPONSE_CONFIG = ConfigDict(extra="ignore", frozen=True)
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # JSON's NaN/Infinity extensions are refused
+
+MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (OpenAI's chat limit, vLLM's default)
 
 
 class ChatMessage(BaseModel):
@@ -166,9 +170,35 @@ class GenerateRequest(SamplingParams):
 
     prompts: list[Prompt] = Field(min_length=1)
     raw: bool = False
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="return each completion token's log-prob with this many most likely alternatives "
+        "(0: none); null: no log-probs",
+    )
 
 
 FinishReason = Literal["stop", "length"]
+
+
+class TopLogprob(BaseModel):
+    """A token and its log-prob. ``token`` is the token's text on its own (a partial UTF-8 character shows
+    as U+FFFD); ``bytes`` is that text's UTF-8 encoding, as vLLM gives it (OpenAI gives the token's raw
+    bytes, which differ only for a partial character)."""
+
+    model_config = RESPONSE_CONFIG
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    """A completion token, its log-prob and the ``top_logprobs`` most likely tokens at its position, most
+    likely first (OpenAI's chat ``logprobs.content`` entry)."""
+
+    top_logprobs: list[TopLogprob]
 
 
 class Completion(BaseModel):
@@ -177,6 +207,8 @@ class Completion(BaseModel):
     text: str
     finish_reason: FinishReason
     num_tokens: int
+    # One entry per generated token (num_tokens of them, an end-of-turn token included) when asked for.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class GenerateResult(BaseModel):
@@ -184,6 +216,7 @@ class GenerateResult(BaseModel):
 
     index: int  # the prompt's position in the request
     completions: list[Completion]
+    prompt_tokens: int | None = None  # the tokens the model saw for the prompt (null: cannot tell)
 
 
 class GenerateResponse(BaseModel):
@@ -284,9 +317,114 @@ class OpenRLHFRewardResponse(BaseModel):
 # --- OpenAI-compatible ---------------------------------------------------------------------------------
 
 
+class UnsupportedField(NamedTuple):
+    """Part of an OpenAI request that this server does not implement: the route refuses it with a 400."""
+
+    location: str  # e.g. "presence_penalty", "messages[1].content[0]"
+    message: str  # names the field and says what to send instead
+
+
+# OpenAI request fields we do not implement, with the values that change nothing (the APIs' defaults, which
+# some tools send explicitly). Any other value is refused with a 400 that names the field: an option we
+# silently ignored would make a caller believe it had been applied.
+OPENAI_INERT_VALUES: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0, None),
+    "frequency_penalty": (0, None),
+    "logit_bias": ({}, None),
+    "response_format": ({"type": "text"}, None),
+    "tools": ([], None),
+    "tool_choice": ("none", "auto", None),  # without tools (refused) both mean plain text
+    "functions": ([], None),
+    "function_call": ("none", "auto", None),
+    "stream_options": (None,),
+    "best_of": (1, None),
+    "echo": (False, None),
+    "suffix": ("", None),
+    "modalities": (["text"], None),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "web_search_options": (None,),
+}
+# Fields that never change what is sampled, accepted whatever their value: who asks (user,
+# safety_identifier), what OpenAI would keep or bill (metadata, store, service_tier, prompt_cache_key), and
+# parallel_tool_calls, which matters only with tools (refused).
+OPENAI_HARMLESS_FIELDS = frozenset(
+    [
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "parallel_tool_calls",
+    ]
+)
+
+
+def _refuse_extra(name: str, value: Any) -> UnsupportedField | None:
+    """Why a field outside our schema is refused, or None when it changes nothing."""
+    if name in OPENAI_HARMLESS_FIELDS:
+        return None
+    inert = OPENAI_INERT_VALUES.get(name)
+    if inert is None:
+        return UnsupportedField(name, f"{name} is not supported by this server: drop it")
+    if value in inert:
+        return None
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:60] + "..."
+    return UnsupportedField(
+        name, f"{name}={shown} is not supported by this server: drop it or send {json.dumps(inert[0])}"
+    )
+
+
+class OpenAIChatMessage(BaseModel):
+    """A chat message as OpenAI clients send it. ``content`` is a string or a list of content parts, of
+    which only text parts are supported (joined with newlines, as vLLM joins them); "developer" is OpenAI's
+    newer name for "system". Other fields are accepted only when empty: an assistant message echoed back
+    from a response may carry ``refusal: null`` or ``tool_calls: null``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def problems(self, location: str) -> list[UnsupportedField]:
+        found = [
+            UnsupportedField(
+                f"{location}.{name}", f"{location}.{name} is not supported by this server: drop it"
+            )
+            for name, value in (self.model_extra or {}).items()
+            if value not in (None, [], "")
+        ]
+        if self.content is None:
+            found.append(
+                UnsupportedField(f"{location}.content", f"{location}.content is null: give its text")
+            )
+        for at, part in enumerate(self.content if isinstance(self.content, list) else []):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                where = f"{location}.content[{at}]"
+                found.append(
+                    UnsupportedField(
+                        where,
+                        f"{where} is a {json.dumps(part.get('type'))} part: only text parts "
+                        '({"type": "text", "text": "..."}) are supported',
+                    )
+                )
+        return found
+
+    def as_chat_message(self) -> ChatMessage:
+        """Our message; call once ``problems`` is empty."""
+        parts = self.content if isinstance(self.content, list) else []
+        content = self.content if isinstance(self.content, str) else "\n".join(part["text"] for part in parts)
+        return ChatMessage(role="system" if self.role == "developer" else self.role, content=content)
+
+
 class _OpenAIRequest(BaseModel):
-    # OpenAI clients send fields we have no use for (user, logit_bias...): accept and ignore them.
-    model_config = ConfigDict(extra="ignore")
+    # Fields outside the schema are kept (extra="allow") so that problems() can refuse each by name, or let
+    # it pass when it changes nothing (OPENAI_INERT_VALUES, OPENAI_HARMLESS_FIELDS).
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     n: int = Field(default=1, ge=1, le=64)
@@ -298,6 +436,22 @@ class _OpenAIRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
 
+    def problems(self) -> list[UnsupportedField]:
+        """What in the request this server does not implement; the route refuses it with a 400."""
+        found = [_refuse_extra(name, value) for name, value in (self.model_extra or {}).items()]
+        if self.stream:
+            found.append(
+                UnsupportedField("stream", "streaming is not supported: send the request with stream=false")
+            )
+        return [problem for problem in found if problem is not None]
+
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+    def native_logprobs(self) -> int | None:
+        """The native ``logprobs``: alternatives per token, or None for no log-probs."""
+        return None
+
     def sampling(self, default_max_tokens: int) -> dict[str, Any]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return {
@@ -305,18 +459,60 @@ class _OpenAIRequest(BaseModel):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k if self.top_k and self.top_k > 0 else None,
-            "max_tokens": self.max_tokens or default_max_tokens,
+            "max_tokens": self.token_limit() or default_max_tokens,
             "stop": stop,
             "seed": self.seed,
+            "logprobs": self.native_logprobs(),
         }
 
 
 class CompletionsRequest(_OpenAIRequest):
+    """``logprobs``: the log-prob of each completion token with this many alternatives (OpenAI allows up to
+    5, we up to 20 as vLLM does)."""
+
     prompt: str | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def native_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class ChatCompletionsRequest(_OpenAIRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    """``max_completion_tokens`` is the newer name of ``max_tokens``: give either, or both with the same
+    value (different values are refused, not resolved silently). ``logprobs`` true returns each completion
+    token's log-prob, with ``top_logprobs`` alternatives."""
+
+    messages: list[OpenAIChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def problems(self) -> list[UnsupportedField]:
+        found = super().problems()
+        for at, message in enumerate(self.messages):
+            found += message.problems(f"messages[{at}]")
+        limits = {self.max_tokens, self.max_completion_tokens} - {None}
+        if len(limits) > 1:
+            found.append(
+                UnsupportedField(
+                    "max_completion_tokens",
+                    f"max_completion_tokens={self.max_completion_tokens} and max_tokens={self.max_tokens} "
+                    "disagree: give only max_completion_tokens (max_tokens is its older name)",
+                )
+            )
+        if self.top_logprobs and not self.logprobs:
+            found.append(UnsupportedField("top_logprobs", "top_logprobs needs logprobs=true: set it"))
+        return found
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def native_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def conversation(self) -> list[ChatMessage]:
+        """The messages as ours; call once ``problems`` is empty."""
+        return [message.as_chat_message() for message in self.messages]
 
 
 # --- errors --------------------------------------------------------------------------------------------

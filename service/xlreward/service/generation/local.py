@@ -9,6 +9,9 @@ the sampling settings only; without one it is seeded from the OS's randomness.
 Completions end at any end-of-turn token (``stop_token_ids``, passed as ``eos_token_id``), at a stop string
 (transformers' ``stop_strings``; the text is then cut just before the first stop string, as OpenAI does) or
 after ``max_tokens`` tokens, clamped so that prompt + completion fits the model's context.
+
+Asked for ``logprobs``, each distinct completion then gets one teacher-forced forward that scores its
+tokens under the model's raw distribution (``token_logprobs``), outside the decode loop.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import torch
 
 from xlreward.service.generation.base import chat_messages, first_stop, prompt_seed, raw_text
 from xlreward.service.generation.errors import bad_prompt, too_long
+from xlreward.service.generation.token_logprobs import completion_logprobs
 from xlreward.service.protocol import (
     ChatMessage,
     Completion,
     GenerateRequest,
     GenerateResponse,
     GenerateResult,
+    TokenLogprob,
 )
 
 
@@ -42,6 +47,7 @@ class TransformersGenerator:
     """
 
     name = "transformers"
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -72,8 +78,14 @@ class TransformersGenerator:
         rendered = await asyncio.to_thread(self._render_all, request)
         results = []
         for index, prompt_ids in enumerate(rendered):
-            completions = await asyncio.to_thread(self._sample, prompt_ids, request, index)
-            results.append(GenerateResult(index=index, completions=completions))
+            rows, completions = await asyncio.to_thread(self._sample, prompt_ids, request, index)
+            if request.logprobs is not None:
+                completions = await asyncio.to_thread(
+                    self._with_logprobs, prompt_ids, rows, completions, request.logprobs
+                )
+            results.append(
+                GenerateResult(index=index, completions=completions, prompt_tokens=len(prompt_ids))
+            )
         return GenerateResponse(results=results, model=self.model_name)
 
     async def aclose(self) -> None:
@@ -114,7 +126,10 @@ class TransformersGenerator:
 
     # --- sampling ------------------------------------------------------------------------------------
 
-    def _sample(self, prompt_ids: list[int], request: GenerateRequest, index: int) -> list[Completion]:
+    def _sample(
+        self, prompt_ids: list[int], request: GenerateRequest, index: int
+    ) -> tuple[list[list[int]], list[Completion]]:
+        """The generated rows (token ids, padded after their end) and their completions, one for one."""
         max_new = min(request.max_tokens, self.max_length - len(prompt_ids))
         greedy = request.temperature == 0
         kwargs = self._generate_kwargs(request, max_new, greedy)
@@ -128,7 +143,7 @@ class TransformersGenerator:
         rows: list[list[int]] = output[:, len(prompt_ids) :].tolist()
         if greedy:  # one greedy run stands for all n: they would be identical
             rows = rows[:1] * request.n
-        return [self._completion(row, request.stop, max_new) for row in rows]
+        return rows, [self._completion(row, request.stop, max_new) for row in rows]
 
     def _generate_kwargs(self, request: GenerateRequest, max_new: int, greedy: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -172,6 +187,29 @@ class TransformersGenerator:
         while body and body[-1] == self.pad_token_id:
             body = body[:-1]
         return Completion(text=self._decode(body), finish_reason="stop", num_tokens=len(body))
+
+    # --- log-probs (computed after sampling, apart from the decode loop: see token_logprobs) ------------
+
+    def _with_logprobs(
+        self, prompt_ids: list[int], rows: list[list[int]], completions: list[Completion], top: int
+    ) -> list[Completion]:
+        """The completions with the log-probs of their ``num_tokens`` generated tokens (identical rows,
+        as greedy sampling gives, are computed once)."""
+        computed: dict[tuple[int, ...], list[TokenLogprob]] = {}
+        with self.lock, self.context(), torch.inference_mode():
+            for row, completion in zip(rows, completions, strict=True):
+                tokens = tuple(row[: completion.num_tokens])
+                if tokens not in computed:
+                    computed[tokens] = completion_logprobs(
+                        self.model, prompt_ids, list(tokens), top, self._decode_one
+                    )
+        return [
+            completion.model_copy(update={"logprobs": computed[tuple(row[: completion.num_tokens])]})
+            for row, completion in zip(rows, completions, strict=True)
+        ]
+
+    def _decode_one(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
 
     def _tokens_to_stop(self, tokens: list[int], stops: Sequence[str]) -> int:
         """The fewest leading tokens whose text contains a stop string (the tokens generated up to it)."""

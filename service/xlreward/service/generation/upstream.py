@@ -46,6 +46,7 @@ class _Choice(BaseModel):
 class _Usage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
 
@@ -70,6 +71,7 @@ class OpenAIUpstream:
     """
 
     name = "openai-upstream"
+    supports_logprobs = False  # the upstream's log-probs are not passed through: such requests are refused
 
     def __init__(
         self,
@@ -97,15 +99,17 @@ class OpenAIUpstream:
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         # Every prompt is checked before anything is sent.
         calls = [self._call(prompt, request, index) for index, prompt in enumerate(request.prompts)]
-        tasks = [asyncio.ensure_future(self._complete(path, body, request.n)) for path, body in calls]
+        tasks = [
+            asyncio.ensure_future(self._complete(index, path, body, request.n))
+            for index, (path, body) in enumerate(calls)
+        ]
         try:
-            completions = await asyncio.gather(*tasks)
+            results = await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
             raise
-        results = [GenerateResult(index=i, completions=c) for i, c in enumerate(completions)]
-        return GenerateResponse(results=results, model=self.model)
+        return GenerateResponse(results=list(results), model=self.model)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -129,15 +133,18 @@ class OpenAIUpstream:
             return "/v1/completions", {**body, "prompt": raw_text(prompt, index)}
         return "/v1/chat/completions", {**body, "messages": chat_messages(prompt, index)}
 
-    async def _complete(self, path: str, body: dict[str, Any], n: int) -> list[Completion]:
+    async def _complete(self, index: int, path: str, body: dict[str, Any], n: int) -> GenerateResult:
         reply = await self._post(path, body)
         if len(reply.choices) != n:
             raise upstream_error(
                 f"the upstream {self.base_url}{path} returned {len(reply.choices)} choices for n={n}: "
                 "it does not support n, or failed part of the request"
             )
-        usage = reply.usage.completion_tokens if reply.usage is not None else None
-        return [self._completion(choice, n, usage) for choice in sorted(reply.choices, key=lambda c: c.index)]
+        usage = reply.usage or _Usage()
+        choices = sorted(reply.choices, key=lambda c: c.index)
+        completions = [self._completion(choice, n, usage.completion_tokens) for choice in choices]
+        # One upstream request per prompt, so its prompt_tokens count the prompt once, as OpenAI counts it.
+        return GenerateResult(index=index, completions=completions, prompt_tokens=usage.prompt_tokens)
 
     async def _post(self, path: str, body: dict[str, Any]) -> _Reply:
         url = f"{self.base_url}{path}"
