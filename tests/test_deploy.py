@@ -602,6 +602,22 @@ def test_keda_scales_the_workers_on_their_celery_queues() -> None:
     assert lists == queues == {GENERATION_QUEUE, ANNOTATION_QUEUE}
 
 
+def test_deployed_workers_send_task_events() -> None:
+    """Flower and `celery events` see tasks only from workers started with --events (README, Monitoring)."""
+    workers = {
+        f"{name}: {object_id(obj)}": argv
+        for name in STACK_NAMES
+        for obj, _, argv in xlreward_containers(rendered(name))
+        if argv[0] == "worker"
+    }
+    workers |= {
+        f"compose {name}": argv for name, (_, argv, _) in compose_services().items() if argv[0] == "worker"
+    }
+    assert len(workers) >= len(STACK_NAMES) + 1
+    for where, argv in workers.items():
+        assert parse_command(argv, where).events, f"{where}: `xlreward {' '.join(argv)}` without --events"
+
+
 def test_compose_ports_and_urls_agree() -> None:
     services = compose_services()
     server, argv, env = services["server"]

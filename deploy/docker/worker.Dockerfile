@@ -44,4 +44,4 @@ WORKDIR /home/xlreward
 HEALTHCHECK --interval=60s --timeout=20s --start-period=30s --retries=3 \
     CMD ["python", "/opt/xlreward/worker_healthcheck.py"]
 ENTRYPOINT ["xlreward"]
-CMD ["worker"]
+CMD ["worker", "--events"]

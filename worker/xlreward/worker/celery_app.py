@@ -1,7 +1,8 @@
 """The Celery app: JSON only, Redis broker and result backend by URL, late acknowledgement with
 redelivery on worker loss (the tasks are idempotent), prefetch 1, one queue for generation and one for
 annotation (scoring). A best-of-n unit (sample once, score with every model) is one task on the
-generation queue."""
+generation queue. Task events (for Flower) when ``XLREWARD_EVENTS`` / ``xlreward worker --events`` asks.
+Celery's own command line finds this app, built from the environment, as ``celery -A xlreward.worker.app``."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _client(url: str, api_key: str | None, retries: int) -> RewardClient:
 def create_celery(settings: WorkerSettings) -> Celery:
     if not settings.broker_url:
         raise ValueError(
-            "no broker URL: set --broker or XLREWARD_BROKER_URL (for example redis://host:6379/0)"
+            "no broker URL: set XLREWARD_BROKER_URL (or `xlreward worker --broker`), for example "
+            "redis://host:6379/0"
         )
     app = Celery("xlreward", broker=settings.broker_url, backend=settings.broker_url)
     app.conf.update(
@@ -63,6 +65,11 @@ def create_celery(settings: WorkerSettings) -> Celery:
         },
         task_default_queue=ANNOTATION_QUEUE,
         worker_hijack_root_logger=False,
+        # Monitoring (Flower, `celery events`): the worker's task events, and a task-sent event from
+        # whoever queues a task (annotate, or a generate task handing its unit to scoring) so a monitor
+        # sees queued tasks too, not only started ones.
+        worker_send_task_events=settings.events,
+        task_send_sent_event=settings.events,
     )
     _register_tasks(app, settings)
     return app

@@ -44,6 +44,13 @@ class WorkerSettings(BaseSettings):
         default=3600, ge=1, description="seconds before an unacknowledged task is redelivered"
     )
     task_retries: int = Field(default=20, ge=0, description="Celery retries after the client gives up")
+    # Off by default, like Celery's -E. Cheap when on: a few small messages per task, which Redis drops
+    # unless a monitor (Flower, `celery events`) is listening.
+    events: bool = Field(
+        default=False,
+        description="send task events (sent, received, started, succeeded, failed) for Flower and "
+        "`celery events`",
+    )
 
     # The method's settings (METHOD.md, steps 2-3).
     samples: int = Field(default=10, ge=2)
