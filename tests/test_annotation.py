@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from serving import XLREWARD, free_port, metric_samples, running_server
+from xlreward.worker.pair_format import read_texts
 
 BROKER = os.environ.get("XLREWARD_TEST_BROKER", "redis://127.0.0.1:6379/14")
 LANGUAGES = ["en", "es", "ru"]
@@ -120,7 +121,10 @@ def test_embedded_run_pairs_every_unit_and_rerun_does_no_work(service, tmp_path)
     assert "embedded mode" in done.stderr
     pairs = assert_one_outcome_per_unit(out, units=18)
     assert {pair["language"] for pair in pairs} <= set(LANGUAGES)
-    assert all(pair["prompt"].endswith(")") for pair in pairs)  # the target-language instruction
+    # Conversational by default (TRL applies the chat template the pairs were sampled and scored under).
+    assert all(pair["prompt"][0]["role"] == "user" and len(pair["prompt"]) == 1 for pair in pairs)
+    assert all(pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant" for pair in pairs)
+    assert all(read_texts(pair).prompt.endswith(")") for pair in pairs)  # the target-language instruction
     first = (out / "pairs.jsonl").read_text()
 
     calls = service_calls(service, "/generate"), service_calls(service, "/reward")
@@ -128,6 +132,14 @@ def test_embedded_run_pairs_every_unit_and_rerun_does_no_work(service, tmp_path)
     assert again.returncode == 0, again.stderr
     assert (service_calls(service, "/generate"), service_calls(service, "/reward")) == calls  # no new work
     assert (out / "pairs.jsonl").read_text() == first  # rebuilt identically, nothing appended
+
+    # The format only renders the stored results: the same run in --format standard redoes nothing.
+    standard = annotate(service, source, out, "--format", "standard")
+    assert standard.returncode == 0, standard.stderr
+    assert (service_calls(service, "/generate"), service_calls(service, "/reward")) == calls
+    plain = assert_one_outcome_per_unit(out, units=18)
+    assert all(isinstance(pair[name], str) for pair in plain for name in ("prompt", "chosen", "rejected"))
+    assert [read_texts(pair) for pair in plain] == [read_texts(pair) for pair in pairs]
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(service, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from xlreward.worker.pair_format import TEXT_FIELDS, PairRecordError, PairTexts, conversation, read_texts
 from xlreward.worker.pairing import (
     DROP_REASONS,
     LanguagePairs,
@@ -265,11 +266,56 @@ def test_records_have_trl_keys_and_are_sorted_by_id() -> None:
             "alpha",
         ]
         assert {"chosen_length", "rejected_length", "num_samples"} <= set(record)
-        assert isinstance(record["prompt"], str) and isinstance(record["chosen"], str)
+        assert record["prompt"] == [{"role": "user", "content": pair.prompt}]  # conversational by default
+        assert record["chosen"] == [{"role": "assistant", "content": pair.chosen}]
+        assert record["rejected"] == [{"role": "assistant", "content": pair.rejected}]
         assert record["chosen"] != record["rejected"]
         assert record["chosen_reward"] != record["rejected_reward"]
         assert record["language"] == "ru" and record["alpha"] == result.alpha
         json.dumps(record)
+        standard = pair.to_record("standard")
+        assert list(standard) == list(record)
+        assert (standard["prompt"], standard["chosen"], standard["rejected"]) == (
+            pair.prompt,
+            pair.chosen,
+            pair.rejected,
+        )
+        assert {k: v for k, v in standard.items() if k not in TEXT_FIELDS} == {
+            k: v for k, v in record.items() if k not in TEXT_FIELDS
+        }
+        assert (
+            read_texts(standard) == read_texts(record) == PairTexts(pair.prompt, pair.chosen, pair.rejected)
+        )
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "says"),
+    [
+        ({"chosen": None}, "missing_field", 'missing field "chosen"'),
+        (
+            {"prompt": 3},
+            "wrong_type",
+            'field "prompt" must be a string (standard format) or [{"role": "user"',
+        ),
+        ({"chosen": ["Sí."]}, "wrong_type", "got a list whose item is not a"),
+        ({"chosen": [{"role": "user", "content": "Sí."}]}, "wrong_type", 'got a "user" message'),
+        (
+            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hola"}]},
+            "wrong_type",
+            "got 2 messages (exactly one is read: multi-turn prompts are not supported)",
+        ),
+        ({"rejected": [{"role": "assistant", "content": None}]}, "wrong_type", "content is NoneType"),
+        ({"chosen": "Sí."}, "mixed_formats", '"chosen" is a string but the other fields are messages'),
+    ],
+)
+def test_unreadable_pair_records_say_what_to_fix(fields: dict[str, object], reason: str, says: str) -> None:
+    record: dict[str, object] = {"id": "1", **conversation("Hola", "Sí, claro.", "No.")}
+    record.update(fields)
+    record = {key: value for key, value in record.items() if value is not None}
+    with pytest.raises(PairRecordError) as caught:
+        read_texts(record)
+    assert caught.value.reason == reason
+    assert says in str(caught.value)
 
 
 def test_summary_totals_add_up() -> None:

@@ -163,3 +163,44 @@ def test_options_are_checked_with_their_flags(llama_pair: Any, tmp_path: Path) -
     message = str(caught.value)
     for expected in ("--beta 0", "--batch-size 0", "missing.jsonl: no such file", "--reference"):
         assert expected in message
+
+
+def test_both_pair_formats_read_to_the_same_rows(tokenizer: Any, tmp_path: Path) -> None:
+    """pairs.jsonl as annotation writes it (conversational, the default) and as ``--format standard``
+    writes it train on the same rows; lines of both formats may share a file."""
+    conversational = tmp_path / "conversational.jsonl"
+    conversational.write_text(
+        _line(**conversation("Hola", "Sí.", "No.")) + "\n" + _line() + "\n", encoding="utf-8"
+    )
+    data = load_pairs([conversational], tokenizer, max_length=MAX_LENGTH)
+    assert data.rows == [conversation("Hola", "Sí.", "No.")] * 2
+    assert data.summary.pairs_per_language == {"es": 2}
+
+
+def test_malformed_messages_are_reported_with_file_and_line(tokenizer: Any, tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    good = conversation("Hola", "Sí.", "No.")
+    path.write_text(
+        "\n".join(
+            [
+                _line(**good),  # 1 ok
+                _line(**{**good, "chosen": [{"role": "user", "content": "Sí."}]}),  # 2 wrong role
+                _line(**{**good, "prompt": good["prompt"] * 2}),  # 3 two messages
+                _line(**{**good, "rejected": "No."}),  # 4 one field a string, the others messages
+                _line(**{**good, "chosen": [{"role": "assistant", "content": " "}]}),  # 5 empty content
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(PairProblems) as caught:
+        load_pairs([path], tokenizer, max_length=MAX_LENGTH)
+    problems = caught.value.problems
+    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{n}" for n in (2, 3, 4, 5)]
+    assert 'field "chosen" must be a string (standard format) or [{"role": "assistant"' in problems[0]
+    assert 'got a "user" message' in problems[0]
+    assert 'field "prompt"' in problems[1] and "got 2 messages" in problems[1]
+    assert '"rejected" is a string but the other fields are messages' in problems[2]
+    assert '"chosen" is empty' in problems[3]
+    skipped = load_pairs([path], tokenizer, max_length=MAX_LENGTH, skip_invalid=True).summary.skipped
+    assert skipped == {"wrong_type": 2, "mixed_formats": 1, "empty_chosen": 1}

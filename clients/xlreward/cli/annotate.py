@@ -18,6 +18,8 @@ SETTING_FLAGS = {
 
 
 def register(commands: Any) -> None:
+    from xlreward.worker.pair_format import DEFAULT_PAIR_FORMAT, PAIR_FORMATS  # torch-free, stdlib only
+
     parser = commands.add_parser(
         "annotate",
         help="sample, score and pair responses per language (embedded, or on Celery workers)",
@@ -34,17 +36,27 @@ def register(commands: Any) -> None:
     parser.add_argument("--out", required=True, help="output folder (resumable)")
     parser.add_argument("--service", help="reward service URL [XLREWARD_SERVICE_URL]")
     parser.add_argument("--broker", help="Redis URL of the Celery broker [XLREWARD_BROKER_URL]")
-    parser.add_argument("--samples", type=int, help="samples per unit (default 10)")
-    parser.add_argument("--seed", type=int, help="base sampling seed (default 42)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature (default 0.9)")
-    parser.add_argument("--max-tokens", type=int, help="new tokens per sample (default 2400)")
+    parser.add_argument("--samples", type=int, help="samples per unit [XLREWARD_SAMPLES]")
+    parser.add_argument("--seed", type=int, help="base sampling seed [XLREWARD_SEED]")
+    parser.add_argument("--temperature", type=float, help="sampling temperature [XLREWARD_TEMPERATURE]")
+    parser.add_argument("--max-tokens", type=int, help="new tokens per sample [XLREWARD_MAX_TOKENS]")
     parser.add_argument(
-        "--mode", choices=["cross_lingual", "monolingual"], help="reward prompt (default cross)"
+        "--mode", choices=["cross_lingual", "monolingual"], help="reward prompt [XLREWARD_REWARD_MODE]"
     )
     parser.add_argument(
         "--reference-format",
         action="store_true",
         help='ICR reference files: one per language, <code>.jsonl, lines {"instruction", "instruction_id"}',
+    )
+    parser.add_argument(
+        "--format",
+        dest="pair_format",
+        choices=PAIR_FORMATS,
+        default=DEFAULT_PAIR_FORMAT,
+        help="how pairs.jsonl holds prompt/chosen/rejected: chat messages, which TRL renders with the "
+        "model's chat template as xlreward sampled and scored them (conversational), or plain strings, "
+        "which TRL tokenizes WITHOUT a template (standard); the other fields are the same. Changing it on "
+        "a finished run rewrites pairs.jsonl and redoes nothing",
     )
     parser.add_argument("--wait", action="store_true", help="with a broker: wait for the workers and pair")
     parser.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
@@ -77,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=Path(args.out),
             settings=settings,
             reference_format=args.reference_format,
+            pair_format=args.pair_format,
         )
     except (InstructionProblems, RunConflict) as error:
         raise CommandError(str(error)) from None

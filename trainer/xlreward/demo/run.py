@@ -31,6 +31,7 @@ from typing import Any
 from xlreward.demo import transfer, world
 from xlreward.demo.models import DemoConfig, DemoModels, DemoTasks, build_models
 from xlreward.demo.transfer import TransferSettings
+from xlreward.worker.pair_format import read_texts
 
 BASELINE = "pi^0"
 REFERENCE = "pi_ref"  # the transfer part's baseline, as in "Reuse Your Rewards" (the SFT model)
@@ -290,13 +291,14 @@ def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: 
 
 def pair_accuracy(pairs_file: Path) -> dict[str, Any]:
     """Per language: how often the pair's chosen response is better than its rejected one by the oracle
-    (ties are pairs the oracle cannot tell apart)."""
+    (ties are pairs the oracle cannot tell apart). Reads pairs.jsonl in either format."""
     counts: dict[str, dict[str, int]] = {}
     for line in pairs_file.read_text(encoding="utf-8").splitlines():
-        pair = json.loads(line)
-        chosen = world.judge(pair["prompt"], pair["chosen"], pair["language"])
-        rejected = world.judge(pair["prompt"], pair["rejected"], pair["language"])
-        tally = counts.setdefault(pair["language"], {"right": 0, "wrong": 0, "tie": 0})
+        record = json.loads(line)
+        pair = read_texts(record)
+        chosen = world.judge(pair.prompt, pair.chosen, record["language"])
+        rejected = world.judge(pair.prompt, pair.rejected, record["language"])
+        tally = counts.setdefault(record["language"], {"right": 0, "wrong": 0, "tie": 0})
         tally["right" if chosen > rejected else "wrong" if chosen < rejected else "tie"] += 1
     return {
         language: {

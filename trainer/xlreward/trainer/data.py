@@ -1,15 +1,20 @@
 """Reading and validating preference-pair files before any training starts.
 
-Input: JSONL lines as the annotation workers write them (``OUT/pairs.jsonl``, TRL's preference format)::
+Input: JSONL lines as the annotation workers write them (``OUT/pairs.jsonl``), in either of TRL's preference
+formats (``xlreward.worker.pair_format``): conversational, annotation's default::
 
-    {"id": "17", "language": "es", "prompt": "<target-language instruction, untemplated>",
-     "chosen": "...", "rejected": "...", "chosen_reward": 0.8, "rejected_reward": -0.3, "alpha": 0.002, ...}
+    {"id": "17", "language": "es", "prompt": [{"role": "user", "content": "<target-language instruction>"}],
+     "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", ...}],
+     "chosen_reward": 0.8, "rejected_reward": -0.3, "alpha": 0.002, ...}
 
-``prompt``, ``chosen`` and ``rejected`` are required strings; ``language`` is only used for the summary
-(``"unknown"`` when absent); every other field is kept out of training. Blank lines are skipped.
+or standard (``xlreward annotate --format standard``), the same with ``prompt``, ``chosen`` and ``rejected``
+as plain strings. Those three are required, each a string or one message of its role, all three in the same
+format; ``language`` is only used for the summary (``"unknown"`` when absent); every other field is kept
+out of training. Blank lines are skipped; lines of both formats may be mixed.
 
 Every problem in every file is found first, each as ``path:line: what is wrong; how to fix it``:
-invalid JSON, not an object, a missing or non-string field, an empty prompt/chosen/rejected, chosen equal to
+invalid JSON, not an object, a missing or malformed field (neither a string nor one message of its role),
+fields in different formats, an empty prompt/chosen/rejected, chosen equal to
 rejected (after stripping whitespace: the chat template trims it), a prompt whose chat-templated form (one
 user turn with the generation prompt) already fills ``max_length`` tokens, and a pair whose prompt + chosen or
 prompt + rejected (the whole templated conversation, exactly what TRL tokenizes) is longer than
@@ -23,7 +28,8 @@ without its ending. Raise ``--max-length`` or drop such pairs with ``--skip-inva
 Without ``skip_invalid`` any problem raises :class:`PairProblems` listing them all. With it, bad lines are
 skipped and counted by reason in the :class:`DataSummary`.
 
-The dataset handed to TRL is conversational, so TRL renders it with the policy's chat template::
+The dataset handed to TRL is conversational whatever the file's format, so TRL renders it with the policy's
+chat template::
 
     {"prompt": [{"role": "user", "content": prompt}],
      "chosen": [{"role": "assistant", "content": chosen}],
@@ -39,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xlreward.worker.pair_format import TEXT_FIELDS, PairRecordError, PairTexts, conversation, read_texts
+
 MAX_SHOWN_PROBLEMS = 50
-REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
 UNKNOWN_LANGUAGE = "unknown"
 
 Row = dict[str, list[dict[str, str]]]
@@ -109,15 +116,6 @@ class PairData:
     summary: DataSummary
 
 
-def conversation(prompt: str, chosen: str, rejected: str) -> Row:
-    """One TRL conversational preference row (see the module docstring)."""
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-    }
-
-
 def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
     """Token ids of ``messages`` rendered with the chat template, as TRL's ``_prepare_dataset`` makes them."""
     encoded = tokenizer.apply_chat_template(
@@ -145,22 +143,21 @@ def _parse(text: str) -> dict[str, Any] | tuple[str, str]:
     return record
 
 
-def _field_problem(record: dict[str, Any]) -> tuple[str, str] | None:
-    for name in REQUIRED_FIELDS:
-        if name not in record:
-            return "missing_field", f'missing field "{name}": add it (a string)'
-        if not isinstance(record[name], str):
-            kind = type(record[name]).__name__
-            return "wrong_type", f'field "{name}" must be a string (the text, untemplated), got {kind}'
-    for name in REQUIRED_FIELDS:
-        if not record[name].strip():
+def _texts(record: dict[str, Any]) -> PairTexts | tuple[str, str]:
+    """The pair's texts, or (reason, message) for the first problem with them."""
+    try:
+        texts = read_texts(record)
+    except PairRecordError as error:
+        return error.reason, str(error)
+    for name in TEXT_FIELDS:
+        if not getattr(texts, name).strip():
             return f"empty_{name}", f'field "{name}" is empty: there is nothing to learn from this pair'
-    if record["chosen"].strip() == record["rejected"].strip():
+    if texts.chosen.strip() == texts.rejected.strip():
         return "same_text", '"chosen" equals "rejected": the pair teaches nothing; drop it'
     language = record.get("language", UNKNOWN_LANGUAGE)
     if not isinstance(language, str) or not language:
         return "wrong_type", 'field "language" must be a non-empty string (a language code such as "es")'
-    return None
+    return texts
 
 
 def _length_problem(row: Row, tokenizer: Any, max_length: int) -> tuple[tuple[str, str] | None, int]:
@@ -199,10 +196,10 @@ def _check_line(text: str, tokenizer: Any, max_length: int) -> _Pair | tuple[str
     record = _parse(text)
     if isinstance(record, tuple):
         return record
-    problem = _field_problem(record)
-    if problem is not None:
-        return problem
-    row = conversation(record["prompt"], record["chosen"], record["rejected"])
+    texts = _texts(record)
+    if isinstance(texts, tuple):
+        return texts
+    row = conversation(texts.prompt, texts.chosen, texts.rejected)
     problem, tokens = _length_problem(row, tokenizer, max_length)
     if problem is not None:
         return problem

@@ -14,7 +14,8 @@ What happens, in order (``xlreward train``'s steps, shared with it where they ar
 
 1. ``--model`` (a folder or a hub id at ``--revision``) is resolved to a folder once (the CLI does it before
    importing torch). The tokenizer must have a chat template; every pair is read and validated
-   (``data.py``: ``file:line`` problems, over-long pairs refused, not truncated).
+   (``data.py``: pairs.jsonl in either format, ``file:line`` problems, over-long pairs refused, not
+   truncated).
 2. ``--eval-fraction`` of the pairs is held out, drawn by ``--seed`` (at least one pair when there are two or
    more; none at 0), so a re-run holds out the same pairs.
 3. The SFT checkpoint is loaded as a sequence classifier with a NEW one-logit head (``num_labels=1``, seeded),

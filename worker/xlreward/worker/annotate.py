@@ -21,6 +21,7 @@ from typing import Any
 
 from xlreward.worker.instructions import InstructionSet, load_instructions
 from xlreward.worker.jobs import RunSpec, UnitJob
+from xlreward.worker.pair_format import DEFAULT_PAIR_FORMAT, PairFormat
 from xlreward.worker.pairing import ScoredSample, ScoredUnit, pair_language, summarise
 from xlreward.worker.pipeline import GENERATED, SCORED, run_generation, run_unit
 from xlreward.worker.settings import WorkerSettings
@@ -37,10 +38,14 @@ class RunConflict(ValueError):
 
 @dataclass(frozen=True)
 class RunPlan:
+    """``pair_format``: how pairs.jsonl holds the texts (``xlreward.worker.pair_format``). Not part of the
+    spec: it only renders the stored results, so the same run collected in another format redoes nothing."""
+
     spec: RunSpec
     jobs: list[UnitJob]
     out_dir: Path
     store: ResultStore
+    pair_format: PairFormat = DEFAULT_PAIR_FORMAT
 
     def pending(self, kind: str = SCORED) -> list[UnitJob]:
         done = self.store.keys(kind)
@@ -64,6 +69,7 @@ def plan_run(
     out_dir: Path,
     settings: WorkerSettings,
     reference_format: bool = False,
+    pair_format: PairFormat = DEFAULT_PAIR_FORMAT,
 ) -> RunPlan:
     """Validates every input line (raising ``InstructionProblems`` with all of them) and binds the run to
     ``out_dir`` (raising ``RunConflict`` if that folder holds another run)."""
@@ -99,7 +105,7 @@ def plan_run(
         for unit_id, language in instructions.units(languages)
     ]
     store = open_store(broker_url=store_url, store_id=store_id, out_dir=out_dir)
-    return RunPlan(spec=spec, jobs=jobs, out_dir=out_dir, store=store)
+    return RunPlan(spec=spec, jobs=jobs, out_dir=out_dir, store=store, pair_format=pair_format)
 
 
 def bind_out_dir(out_dir: Path, spec: RunSpec) -> str:
@@ -173,8 +179,8 @@ def poll_until_done(
 
 
 def collect(plan: RunPlan) -> dict[str, Any]:
-    """Pairs every language from the stored scores; writes pairs.jsonl and summary.json atomically and
-    returns the summary."""
+    """Pairs every language from the stored scores; writes pairs.jsonl (in ``plan.pair_format``) and
+    summary.json atomically and returns the summary."""
     by_language: dict[str, list[ScoredUnit]] = {language: [] for language in plan.spec.languages}
     for job in plan.jobs:
         record = plan.store.get(SCORED, unit_key(job.id, job.language))
@@ -185,9 +191,18 @@ def collect(plan: RunPlan) -> dict[str, Any]:
         )
         by_language[job.language].append(ScoredUnit(job.id, job.language, job.instruction, samples))
     results = [pair_language(units) for units in by_language.values() if units]
-    lines = [json.dumps(pair.to_record(), ensure_ascii=False) for result in results for pair in result.pairs]
+    lines = [
+        json.dumps(pair.to_record(plan.pair_format), ensure_ascii=False)
+        for result in results
+        for pair in result.pairs
+    ]
     write_atomically(plan.out_dir / "pairs.jsonl", "".join(line + "\n" for line in lines))
-    summary = {"run_id": plan.spec.run_id, "units": len(plan.jobs), **summarise(results)}
+    summary = {
+        "run_id": plan.spec.run_id,
+        "units": len(plan.jobs),
+        "pair_format": plan.pair_format,
+        **summarise(results),
+    }
     write_atomically(plan.out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 

@@ -1,7 +1,8 @@
 """Pair selection with length control (METHOD.md, steps 5 and 6): the pure, torch-free pairing step.
 
 Input: for one language, the scored samples of each instruction (a ``ScoredUnit``). Output: one
-(chosen, rejected) pair per instruction, as TRL preference records, plus what was dropped and why.
+(chosen, rejected) pair per instruction, as TRL preference records (``pair_format``: conversational by
+default, or standard), plus what was dropped and why.
 
 The method, per language:
 
@@ -37,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from xlreward.worker.pair_format import DEFAULT_PAIR_FORMAT, PairFormat, pair_fields
 
 DROP_REASONS = ("too_few_samples", "same_text", "same_reward")
 DEFAULT_STEP = 0.001
@@ -93,15 +96,14 @@ class PreferencePair:
     rejected_length: int
     num_samples: int
 
-    def to_record(self) -> dict[str, Any]:
-        """One line of a TRL preference dataset (standard format: ``prompt``/``chosen``/``rejected``
-        strings), with the pair's provenance alongside."""
+    def to_record(self, pair_format: PairFormat = DEFAULT_PAIR_FORMAT) -> dict[str, Any]:
+        """One line of a TRL preference dataset, with the pair's provenance alongside: ``prompt``,
+        ``chosen`` and ``rejected`` as chat messages (conversational, the default) or as plain strings
+        (standard); see ``pair_format``."""
         return {
             "id": self.id,
             "language": self.language,
-            "prompt": self.prompt,
-            "chosen": self.chosen,
-            "rejected": self.rejected,
+            **pair_fields(self.prompt, self.chosen, self.rejected, pair_format),
             "chosen_reward": self.chosen_reward,
             "rejected_reward": self.rejected_reward,
             "alpha": self.alpha,
