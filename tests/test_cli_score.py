@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,71 @@ def test_packed_flag_scores_as_the_padded_engine(tmp_path, llama_pair) -> None:
         assert packed["num_response_tokens"] == padded["num_response_tokens"]
         assert packed["policy_logp"] == pytest.approx(padded["policy_logp"], abs=1e-4)
         assert packed["reference_logp"] == pytest.approx(padded["reference_logp"], abs=1e-4)
+
+
+# Runs `xlreward score` in-process on each argv of ARGVS, then says whether torch was ever imported.
+EARLY_PROBE = """
+import contextlib, io, json, sys
+from xlreward.cli.main import main
+outcomes = []
+for argv in {argvs!r}:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = main(["score", *argv])
+        except SystemExit as stop:  # argparse's own errors
+            status = stop.code
+    outcomes.append([status, stderr.getvalue()])
+print(json.dumps({{"outcomes": outcomes, "torch": "torch" in sys.modules}}))
+"""
+
+
+def test_bad_names_and_flags_fail_before_torch_is_imported(tmp_path: Path) -> None:
+    """A missing folder, a missing input or a bad number once cost a torch import (and more) before the error:
+    each must exit 2 with its message, and torch never load."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "model").mkdir()
+    source = write_jsonl(tmp_path / "items.jsonl", [json.dumps(LINES[0])])
+    good = ["--policy", "model", "--reference", "model", "--input", str(source), "--output", "o.jsonl"]
+    cases = {
+        "--policy nope/: no such folder": ["--policy", "nope/", *good[2:]],
+        "--reference runs/model/: no such folder": [*good[:2], "--reference", "runs/model/", *good[4:]],
+        "--policy org/tiny (revision main) is not in the Hugging Face cache": [
+            "--policy",
+            "org/tiny",
+            *good[2:],
+        ],
+        "--input missing.jsonl: no such file": [*good[:4], "--input", "missing.jsonl", *good[6:]],
+        "--output model is a folder": [*good[:6], "--output", "model"],
+        "argument --beta: 'nan': give a finite number of 0 or more": [*good, "--beta", "nan"],
+        "argument --chunk-size: '0': give a whole number of 1 or more": [*good, "--chunk-size", "0"],
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-hub")}
+    done = subprocess.run(
+        [sys.executable, "-c", EARLY_PROBE.format(argvs=list(cases.values()))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    for message, (status, stderr) in zip(cases, report["outcomes"], strict=True):
+        assert status == 2 and message in stderr, (message, status, stderr)
+    assert report["torch"] is False
+
+
+def test_a_hub_id_passes_the_early_check_online(tmp_path: Path) -> None:
+    """Online, a hub id is the download's business: the check before torch must not refuse it."""
+    source = write_jsonl(tmp_path / "items.jsonl", [json.dumps(LINES[0])])
+    code = (
+        "import argparse\nfrom xlreward.cli.score import check_before_loading\n"
+        "check_before_loading(argparse.Namespace(policy='org/tiny', reference='org/tiny-sft', revision='v1', "
+        f"trust_remote_code=False, input={str(source)!r}, output='o.jsonl'))\nprint('accepted')"
+    )
+    online = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE"))}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=online, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "accepted", done.stderr

@@ -27,6 +27,7 @@ def modules_loaded_by(code: str) -> set[str]:
         "import xlreward.service",
         "import xlreward.service.scoring.errors, xlreward.service.scoring.batching",
         "import xlreward.cli.main",
+        "import xlreward.cli.help_format, xlreward.cli.arg_types, xlreward.cli.settings_flags",
         HELP.format(argv=["--help"]),
         HELP.format(argv=["score", "--help"]),
         HELP.format(argv=["serve", "--help"]),
@@ -46,6 +47,17 @@ def modules_loaded_by(code: str) -> set[str]:
 def test_no_heavy_imports(code: str) -> None:
     loaded = modules_loaded_by(code)
     assert not loaded & set(HEAVY), f"{code!r} imported {sorted(loaded & set(HEAVY))}"
+
+
+# What building every command's parser (and so any --help) must not load either: the server, worker and hub
+# stacks, which only a command's run needs.
+SERVER_SIDE = ("celery", "fastapi", "uvicorn", "huggingface_hub", "numpy")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["annotate", "--help"]])
+def test_help_builds_parsers_without_the_server_side(argv: list[str]) -> None:
+    loaded = modules_loaded_by(HELP.format(argv=argv))
+    assert not loaded & set(SERVER_SIDE), f"{argv} imported {sorted(loaded & set(SERVER_SIDE))}"
 
 
 def test_console_script_help_lists_commands() -> None:

@@ -42,7 +42,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--model", nargs="+", required=True, metavar="M", help="served reward models; the first samples"
     )
-    parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"candidates per unit (default {DEFAULT_N})")
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help="candidates per unit")
     parser.add_argument("--out", required=True, help="output folder (resumable)")
     parser.add_argument("--service", help="reward service URL [XLREWARD_SERVICE_URL]")
     parser.add_argument("--broker", help="Redis URL of the Celery broker [XLREWARD_BROKER_URL]")
@@ -58,7 +58,7 @@ def register(commands: Any) -> None:
         "--reward-prompt",
         choices=["auto", "prompt", "english"],
         default="auto",
-        help="see above (default auto)",
+        help="see above",
     )
     parser.add_argument("--temperature", type=float, help="sampling temperature [XLREWARD_TEMPERATURE]")
     parser.add_argument("--top-p", type=float, help="nucleus sampling [XLREWARD_TOP_P]")

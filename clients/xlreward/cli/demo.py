@@ -17,7 +17,7 @@ def register(commands: Any) -> None:
             "evaluates every model against pi^0, and writes OUT/summary.json and OUT/win_rates.png."
         ),
     )
-    parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--cache", default=".cache/xlreward/demo", help="where the built models are cached")
     parser.add_argument("--broker", help="Redis URL: annotate with Celery workers instead of in-process")
     parser.add_argument(

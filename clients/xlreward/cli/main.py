@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from xlreward.cli import (
     annotate,
@@ -19,6 +20,7 @@ from xlreward.cli import (
     train_rm,
     worker,
 )
+from xlreward.cli.help_format import CommandParser
 
 
 class CommandError(Exception):
@@ -33,7 +35,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="xlreward",
         description="Implicit cross-lingual rewarding: score responses with a DPO model and its reference.",
     )
@@ -50,7 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     rl.register(commands)
     evaluate.register(commands)
     demo.register(commands)
+    _show_worker_setting_defaults(commands)
     return parser
+
+
+def _show_worker_setting_defaults(commands: Any) -> None:
+    """annotate's and best-of-n's settings flags default to None (unset, so XLREWARD_* variables apply);
+    their help shows the ``WorkerSettings`` default instead, from the settings themselves."""
+    from xlreward.cli.settings_flags import note_setting_defaults
+    from xlreward.worker.settings import WorkerSettings
+
+    for name, flags in (("annotate", annotate.SETTING_FLAGS), ("best-of-n", best_of_n.SETTING_FLAGS)):
+        note_setting_defaults(commands.choices[name], WorkerSettings, flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,4 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m xlreward.cli.main` (torchrun, the servers the loop starts), this file is __main__,
+    # and its CommandError would not be the one the commands raise: run the imported module's main.
+    from xlreward.cli.main import main as imported_main
+
+    sys.exit(imported_main())

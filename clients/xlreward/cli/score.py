@@ -19,6 +19,7 @@ def register(commands: Any) -> None:
             "--skip-invalid."
         ),
     )
+    from xlreward.cli.arg_types import non_negative_float, positive_int
     from xlreward.service.choices import DEVICES, DTYPE_HELP, DTYPES
 
     parser.add_argument("--policy", required=True, help="the DPO (policy) checkpoint: hub id or folder")
@@ -33,8 +34,8 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--input", required=True, help="JSONL file of items to score")
     parser.add_argument("--output", required=True, help="JSONL file to write")
-    parser.add_argument("--beta", type=float, default=0.1, help="reward scale (default 0.1)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="where models run (default auto)")
+    parser.add_argument("--beta", type=non_negative_float, default=0.1, help="reward scale")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where models run")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--skip-invalid", action="store_true", help="report and skip bad lines")
     parser.add_argument(
@@ -48,11 +49,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--max-batch-tokens",
-        type=int,
+        type=positive_int,
         help="padded tokens per forward batch (default: 4096 on CPU, 16384 on GPU)",
     )
     parser.add_argument(
-        "--chunk-size", type=int, help="LM-head rows per log-softmax block (default: ~256 MB of logits)"
+        "--chunk-size",
+        type=positive_int,
+        help="LM-head rows per log-softmax block (default: ~256 MB of logits)",
     )
     parser.add_argument(
         "--packed",
@@ -64,13 +67,8 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xlreward.cli.main import CommandError
-    from xlreward.service.model_source import check_model_name
 
-    try:  # a wrong name fails here, before torch is imported
-        for flag in ("policy", "reference"):
-            check_model_name(getattr(args, flag), revision=args.revision, what=f"--{flag}")
-    except (FileNotFoundError, ValueError) as error:
-        raise CommandError(str(error)) from None
+    check_before_loading(args)
 
     from transformers.utils import logging as transformers_logging
 
@@ -115,3 +113,28 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def check_before_loading(args: argparse.Namespace) -> None:
+    """What can be wrong without loading a model fails here, in well under a second, before torch is
+    imported: a model named as a path with no folder behind it, an invalid hub id, a hub id missing from the
+    cache while offline (HF_HUB_OFFLINE), an input that is no file, an output that is a folder."""
+    from pathlib import Path
+
+    from xlreward.cli.main import CommandError
+    from xlreward.service.model_source import check_model_available
+
+    try:
+        for flag in ("policy", "reference"):
+            check_model_available(
+                getattr(args, flag),
+                revision=args.revision,
+                what=f"--{flag}",
+                trust_remote_code=args.trust_remote_code,
+            )
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    if not Path(args.input).is_file():
+        raise CommandError(f"--input {args.input}: no such file; give the JSONL file of items to score")
+    if Path(args.output).is_dir():
+        raise CommandError(f"--output {args.output} is a folder; give the JSONL file to write")

@@ -1,16 +1,19 @@
 """Command-line flags built from a pydantic settings model, so a setting and its flag cannot drift: the
-flag's name, type, choices, help and shown default all come from the field. Flags default to None (unset),
-so the settings' own sources (environment, defaults) apply to whatever is not given."""
+flag's name, type, choices, help and shown default (through ``help_format``) all come from the field.
+Flags default to None (unset), so the settings' own sources (environment, defaults) apply to whatever is not
+given."""
 
 from __future__ import annotations
 
 import argparse
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+
+from xlreward.cli.help_format import note_setting_default
 
 
 def add_settings_flags(
@@ -20,15 +23,33 @@ def add_settings_flags(
         field = settings.model_fields[name]
         kind = _plain_type(field.annotation)
         flag = "--" + name.replace("_", "-")
-        default = "" if field.default in (None, PydanticUndefined) else f"; default {field.default}"
-        help_text = f"{field.description or name}{default} [{env_prefix}{name.upper()}]"
+        help_text = f"{field.description or name} [{env_prefix}{name.upper()}]"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            action = parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif get_origin(kind) is Literal:
-            parser.add_argument(flag, choices=get_args(kind), default=None, help=help_text)
+            action = parser.add_argument(flag, choices=get_args(kind), default=None, help=help_text)
         else:
             converter = kind if kind in (int, float) else str
-            parser.add_argument(flag, type=converter, default=None, help=help_text)
+            action = parser.add_argument(flag, type=converter, default=None, help=help_text)
+        note_setting_default(action, declared_default(settings, name))
+
+
+def note_setting_defaults(
+    parser: argparse.ArgumentParser, settings: type[BaseModel], fields: Mapping[str, str]
+) -> None:
+    """For flags declared by hand over settings (``fields``: flag dest -> settings field): --help shows each
+    setting's declared default, while the flag itself stays None (unset) so the settings' sources apply."""
+    for action in parser._actions:  # argparse has no public list of a parser's actions
+        if action.dest in fields:
+            note_setting_default(action, declared_default(settings, fields[action.dest]))
+
+
+def declared_default(settings: type[BaseModel], name: str) -> Any:
+    """A field's default as declared; None for a required field or one built by a factory."""
+    default = settings.model_fields[name].default
+    return None if default is PydanticUndefined else default
 
 
 def settings_overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

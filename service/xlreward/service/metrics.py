@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from xlreward.service.scheduler import BatchStats
 
@@ -17,6 +26,11 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The standard process_* (memory, CPU, open files), python_info and python_gc_* families that the
+        # default registry has and dashboards expect; each registry needs its own, as ours is not the default.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.queue_items = Gauge("xlreward_queue_items", "items waiting to be scored", registry=r)
         by_model = ["model"]
         self.batch_items = Histogram(
