@@ -37,25 +37,30 @@ def running_server(
     )
 
 
-def metric_samples(url: str, name: str) -> dict[str, float]:
-    """Samples of one metric family from /metrics, keyed by their label text (or "" without labels)."""
+def metric_samples(url: str, name: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """Samples of one metric family from /metrics, keyed by their label text (or "" without labels);
+    ``headers``: the API key, when the server has keys."""
     samples: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    response = httpx.get(f"{url}/metrics", headers=headers, timeout=10)
+    response.raise_for_status()
+    for line in response.text.splitlines():
         match = re.match(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", line)
         if match:
             samples[match.group(1) or ""] = float(match.group(2))
     return samples
 
 
-def metric_total(url: str, name: str) -> float:
+def metric_total(url: str, name: str, headers: dict[str, str] | None = None) -> float:
     """A metric family's samples summed over their labels (every served model, say)."""
-    return sum(metric_samples(url, name).values())
+    return sum(metric_samples(url, name, headers).values())
 
 
-def histogram_count_above(url: str, name: str, threshold: float) -> float:
+def histogram_count_above(
+    url: str, name: str, threshold: float, headers: dict[str, str] | None = None
+) -> float:
     """How many observations of a histogram were above ``threshold`` (which must be a bucket bound),
     summed over its other labels."""
-    buckets = metric_samples(url, f"{name}_bucket")
+    buckets = metric_samples(url, f"{name}_bucket", headers)
 
     def count(bound: str) -> float:
         return sum(value for labels, value in buckets.items() if f'le="{bound}"' in labels)

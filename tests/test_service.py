@@ -69,6 +69,14 @@ def test_health_readiness_and_openapi(server) -> None:  # type: ignore[no-untype
     assert "413" in spec["paths"]["/reward"]["post"]["responses"]
 
 
+def test_metrics_include_the_standard_process_and_python_families(server) -> None:  # type: ignore[no-untyped-def]
+    """/metrics had only xlreward_* families: its own registry lacked the collectors the default one has."""
+    assert metric_total(server, "process_resident_memory_bytes") > 0
+    assert metric_total(server, "process_cpu_seconds_total") > 0
+    assert list(metric_samples(server, "python_info").values()) == [1.0]
+    assert metric_samples(server, "python_gc_collections_total")  # one sample per generation
+
+
 def test_served_scores_equal_cli_and_plain_computation(server, llama_pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
     response = post_reward(server, {"items": dump(ITEMS)})
     assert response.status_code == 200, response.text
@@ -409,20 +417,23 @@ def test_tenant_flood_does_not_stall_another_tenant(llama_pair, tmp_path) -> Non
 
         with ThreadPoolExecutor(8) as pool:
             jobs = [pool.submit(a_job, k) for k in range(6)]
-            wait_until(lambda: metric_samples(url, "xlreward_queue_items")[""] >= 300, "A's flood is queued")
+            wait_until(
+                lambda: metric_samples(url, "xlreward_queue_items", a_headers)[""] >= 300,
+                "A's flood is queued",
+            )
             for _ in range(5):
                 response = post_reward(url, {"items": dump(ITEMS[:1])}, headers=b_headers)
                 assert response.status_code == 200, response.text
                 finished.append(("b", time.monotonic()))
-            assert metric_samples(url, "xlreward_queue_items")[""] > 0  # A still has queued work
+            assert metric_samples(url, "xlreward_queue_items", a_headers)[""] > 0  # A still has queued work
             for job in jobs:
                 job.result()
         last_b = max(t for who, t in finished if who == "b")
         assert last_b < max(t for who, t in finished if who == "a")
-        counts = metric_samples(url, "xlreward_scored_items_total")
+        counts = metric_samples(url, "xlreward_scored_items_total", a_headers)
         assert counts['{model="default",tenant="team-a"}'] == 1500
         assert counts['{model="default",tenant="team-b"}'] == 5
-        assert histogram_count_above(url, "xlreward_batch_tenants", 1) >= 1
+        assert histogram_count_above(url, "xlreward_batch_tenants", 1, a_headers) >= 1
 
 
 def test_deadline_and_disconnect(llama_pair, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -153,3 +153,34 @@ def test_truncation_only_when_asked_cuts_the_response(template_tokenizer) -> Non
     assert not tokenize("Q", "short", truncate=True).truncated
     with pytest.raises(ItemError, match="the prompt alone is"):
         tokenize("long prompt " * 20, "x", truncate=True)
+
+
+class CountingTokenizer:
+    """A real tokenizer that counts the characters it is asked to tokenize."""
+
+    def __init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.chars = tokenizer, 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def apply_chat_template(self, conversation, **kwargs):  # type: ignore[no-untyped-def]
+        self.chars += sum(len(m["content"]) for m in conversation)
+        return self.inner.apply_chat_template(conversation, **kwargs)
+
+
+def test_text_that_cannot_fit_is_refused_before_it_is_tokenized(template_tokenizer) -> None:
+    """No token spells more than the vocabulary's longest entry, so a text longer than context x that
+    cannot fit: refused without tokenizing a megabyte; cut to a bounded head when truncating."""
+    _, tokenizer = template_tokenizer
+    counting = CountingTokenizer(tokenizer)
+    tokenize = make(counting, max_length=32)
+    huge = "word " * 200_000
+    with pytest.raises(ItemError, match="characters, more than the models' context of 32 tokens") as info:
+        tokenize("Q", huge)
+    assert info.value.reason == "too_long" and counting.chars == 0
+    with pytest.raises(ItemError, match="the prompt is"):
+        tokenize(huge, "x", truncate=True)
+    cut = tokenize("Q", huge, truncate=True)
+    assert counting.chars <= 2 * 2 * tokenize.max_chars  # prompt and prompt + response, each cut
+    assert cut.input_ids == tokenize("Q", "word " * 40, truncate=True).input_ids

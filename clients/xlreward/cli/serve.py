@@ -41,7 +41,9 @@ def register(commands: Any) -> None:
         ),
     )
     add_settings_flags(parser, ServiceSettings, FLAGS, env_prefix="XLREWARD_")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
+    )
     parser.add_argument(
         "--parent-pid",
         type=int,
@@ -52,6 +54,14 @@ def register(commands: Any) -> None:
 
 
 def describe_settings_error(error: Any) -> str:
+    """A pydantic ValidationError, or pydantic-settings' SettingsError (an environment variable that is not
+    the JSON its field needs), as one message saying which setting to fix."""
+    if not hasattr(error, "errors"):
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        return (
+            f"invalid settings: {error}{cause}; a setting that holds a map or a list takes JSON, for example "
+            'XLREWARD_API_KEYS=\'{"<key>": "<tenant>"}\''
+        )
     lines = []
     for detail in error.errors():
         field = ".".join(str(part) for part in detail["loc"]) or "settings"
@@ -74,6 +84,7 @@ def logging_config(level: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from xlreward.cli.main import CommandError
     from xlreward.cli.settings_flags import settings_overrides
@@ -82,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = settings_overrides(args, FLAGS)
     try:
         settings = ServiceSettings(**overrides)
-    except ValidationError as error:
+    except (ValidationError, SettingsError) as error:
         raise CommandError(describe_settings_error(error)) from None
 
     if args.parent_pid is not None:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xlreward.service.body_limit import BodyLimit
 from xlreward.service.errors import install_error_handlers
 from xlreward.service.metrics import ServiceMetrics
 from xlreward.service.routes import admin, best_of_n, generate, openrlhf, ops, reward
@@ -42,12 +43,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         "across clients.",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by the ops routes instead, behind a key when keys are set.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     for module in (reward, generate, best_of_n, openrlhf, ops, admin):
         app.include_router(module.router)
 
+    # The last added runs first: requests are counted (413s too), then a body over the limit is refused
+    # before any other work.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

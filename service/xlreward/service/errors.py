@@ -54,9 +54,9 @@ def item_error(error: ItemError, location: str) -> ServiceError:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in [
-        (400, "malformed request body"),
+        (400, "malformed request body, or a field this server does not implement (named)"),
         (401, "missing or unknown API key"),
-        (413, "too many items, or an item longer than the context"),
+        (413, "body over the size limit, too many items, or an item longer than the context"),
         (422, "invalid request: the message names the field and what to fix"),
         (429, "queue full: retry after the Retry-After header's seconds"),
         (502, "the OpenAI-compatible generation upstream failed"),

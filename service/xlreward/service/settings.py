@@ -29,6 +29,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_visible_secret(key: str) -> bool:
+    """A bearer key a client can send: not empty and no whitespace (an empty key would match the header
+    'Authorization: Bearer' with nothing after it)."""
+    return bool(key) and not any(character.isspace() for character in key)
+
+
 class ServiceSettings(BaseSettings):
     """Every setting has an environment variable: the field name in upper case after ``XLREWARD_``
     (``XLREWARD_MAX_BATCH_TOKENS=32768``). ``api_keys`` is JSON: ``XLREWARD_API_KEYS='{"key": "team"}'``."""
@@ -73,6 +79,11 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: dict[str, str] = Field(default_factory=dict, description="API key -> tenant name")
     admin_key: str | None = Field(default=None, description="bearer key of /admin (model switches)")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="largest request body; a longer one is refused with 413 before it is read whole",
+    )
 
     # Batching
     chunk_size: int | None = Field(
@@ -115,6 +126,26 @@ class ServiceSettings(BaseSettings):
             except FileNotFoundError as error:
                 raise ValueError(str(error)) from None
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_secrets(cls, keys: dict[str, str]) -> dict[str, str]:
+        for key, tenant in keys.items():
+            if not is_visible_secret(key):
+                raise ValueError(
+                    f"the key of tenant {tenant!r} is empty or holds spaces, so a bare 'Authorization: "
+                    "Bearer' would match it: give every tenant a key of visible characters"
+                )
+            if not tenant.strip():
+                raise ValueError("every API key needs a tenant name: the metrics and fair share go by it")
+        return keys
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_is_a_secret(cls, key: str | None) -> str | None:
+        if key is not None and not is_visible_secret(key):
+            raise ValueError("the admin key is empty or holds spaces: give a key of visible characters")
+        return key
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Self:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -18,6 +19,7 @@ from xlreward.service.models_config import ModelSpec
 from xlreward.service.runtime import ModelSlot
 from xlreward.service.scoring.errors import ScoringError
 
+log = logging.getLogger("xlreward.service.admin")
 router = APIRouter(prefix="/admin")
 
 
@@ -115,14 +117,20 @@ async def switch_model(body: ModelSwitch, runtime: RuntimeDep, _: AdminDep) -> S
     changes = body.model_dump(exclude={"name"}, exclude_none=True)
     try:
         spec = ModelSpec.model_validate({**slot.spec.model_dump(), "revision": None, **changes})
-        for role, source in spec.sources.items():
-            check_model_available(source, revision=spec.revision, what=role)
-    except (ValidationError, ValueError, FileNotFoundError) as error:
+    except (ValidationError, ValueError) as error:
         raise ServiceError(422, "bad_model", f"model {slot.spec.name!r} was not switched: {error}") from None
     try:
+        for role, source in spec.sources.items():
+            check_model_available(source, revision=spec.revision, what=role)
         await runtime.switch_model(slot.spec.name, spec)
     except (ScoringError, OSError, ValueError) as error:
+        # What failed names files on the server's disk (which exist, which do not): it goes to the server's
+        # log, and the caller learns only that the sources did not load.
+        log.warning("model %r was not switched to %s: %s", slot.spec.name, spec.sources, error)
         raise ServiceError(
-            422, "bad_model", f"the new version did not load, the old one still serves: {error}"
+            422,
+            "bad_model",
+            f"model {slot.spec.name!r} was not switched: its new sources did not load (the server's log says "
+            "why); the old version still serves",
         ) from None
     return served(runtime.slots[slot.spec.name])

@@ -1,14 +1,18 @@
-"""Operations: liveness, readiness (models loaded) and Prometheus metrics. No API key needed."""
+"""Operations: liveness and readiness (no API key: probes and load balancers call them), and, behind a key
+when keys are set, Prometheus metrics (tenant names are in their labels) and the OpenAPI document and docs
+(they list what the server offers)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from xlreward.service.dependencies import RuntimeDep, TenantDep
+from xlreward.service.errors import ERROR_RESPONSES
 
 router = APIRouter()
 
@@ -51,6 +55,19 @@ async def list_models(runtime: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
-async def metrics(runtime: RuntimeDep) -> Response:
+@router.get("/metrics", responses=ERROR_RESPONSES)
+async def metrics(runtime: RuntimeDep, tenant: TenantDep) -> Response:
+    """Prometheus metrics; a scraper sends a key like any client (Prometheus' ``authorization`` setting)."""
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request, tenant: TenantDep) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs(request: Request, tenant: TenantDep) -> HTMLResponse:
+    """Swagger UI. With API keys set the page is served to a client that sends a key, but the browser's
+    own fetch of /openapi.json carries none: read the document with the key instead."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - docs")

@@ -42,7 +42,9 @@ async def score_request(
             f"beta scales an implicit reward, but model {loaded.name!r} is a {loaded.model.kind}: drop beta",
         )
     check_size(body, runtime.settings.max_items_per_request)
-    units = tokenize(body, loaded)
+    # Off the event loop: a large request tokenizes for seconds, while health checks and other tenants'
+    # requests must still be answered (the tokenizer releases the GIL while it works).
+    units = await asyncio.to_thread(tokenize, body, loaded)
     timeout = runtime.settings.request_timeout_s
     ticket = runtime.scheduler.submit(tenant, units, timeout)
     scores = await wait_while_connected(request, runtime.scheduler, ticket, timeout)

@@ -19,6 +19,9 @@ from typing import Any, Protocol
 from xlreward.service.protocol import ChatMessage
 from xlreward.service.scoring.errors import ItemError
 
+# For a tokenizer that does not list its vocabulary: longer than any token of the common vocabularies.
+DEFAULT_LONGEST_TOKEN_CHARS = 256
+
 
 class ChatTokenizer(Protocol):
     """The part of a transformers tokenizer the templating uses."""
@@ -77,6 +80,13 @@ def end_of_turn_ids(tokenizer: Any, generation_eos: int | Iterable[int] | None =
     return frozenset(ids)
 
 
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters of the longest token's text, special tokens included: an upper bound on what one token
+    can spell (a byte-level vocabulary's entries are at least as long as the bytes they stand for)."""
+    vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    return max((len(token) for token in vocabulary), default=0) or DEFAULT_LONGEST_TOKEN_CHARS
+
+
 class ItemTokenizer:
     """Tokenizes (prompt, response) pairs for scoring, refusing items that cannot be scored exactly."""
 
@@ -97,6 +107,9 @@ class ItemTokenizer:
         self.options = options
         self.max_length = max_length
         self.stop_ids = stop_ids
+        # No token spells more characters than this, so text longer than max_length * this many characters
+        # has more tokens than the context holds, whatever it says: refused (or cut) before tokenizing.
+        self.max_chars = max_length * longest_token_chars(tokenizer)
 
     def __call__(
         self,
@@ -109,6 +122,7 @@ class ItemTokenizer:
         """``truncate``: cut the response at the context length instead of refusing the item; the
         end-of-turn token is then not scored, and the item says ``truncated``. ``rendered``: the prompt is
         already rendered text (``_render_text``)."""
+        response = self._check_chars(prompt, response, truncate)
         if rendered:
             prompt_ids, full_ids = self._render_text(prompt, response)
         elif self.options.use_chat_template:
@@ -127,6 +141,27 @@ class ItemTokenizer:
         if self.options.icr_compat:
             start = min(start + 1, end)
         return TokenizedItem(tuple(full_ids), start, end, truncated=truncated)
+
+    def _check_chars(self, prompt: str | Sequence[ChatMessage], response: str, truncate: bool) -> str:
+        """The response to tokenize: as given, or, when truncating, cut to twice the characters that could
+        fill the context (so it still overflows it, and the kept head tokenizes as it does in the whole).
+        Text that cannot fit is refused here, before a long text is tokenized (seconds per megabyte)."""
+        prompt_chars = len(prompt) if isinstance(prompt, str) else sum(len(m.content) for m in prompt)
+        if prompt_chars > self.max_chars:
+            raise ItemError(
+                "too_long",
+                f"the prompt is {prompt_chars} characters, more than the models' context of "
+                f"{self.max_length} tokens can hold: shorten the prompt",
+            )
+        if prompt_chars + len(response) <= self.max_chars:
+            return response
+        if truncate:
+            return response[: 2 * self.max_chars]
+        raise ItemError(
+            "too_long",
+            f"the item is {prompt_chars + len(response)} characters, more than the models' context of "
+            f"{self.max_length} tokens can hold: shorten the prompt or the response (or ask for truncation)",
+        )
 
     def _check_fits(self, length: int, prompt_length: int, truncate: bool) -> None:
         if not truncate:
