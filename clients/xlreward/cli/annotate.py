@@ -66,10 +66,8 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pydantic import ValidationError
-
     from xlreward.cli.main import CommandError
-    from xlreward.cli.serve import describe_settings_error
+    from xlreward.cli.settings_flags import build_settings
     from xlreward.worker.annotate import RunConflict, plan_run
     from xlreward.worker.instructions import InstructionProblems
     from xlreward.worker.settings import WorkerSettings
@@ -77,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         field: getattr(args, flag) for flag, field in SETTING_FLAGS.items() if getattr(args, flag) is not None
     }
-    try:
-        settings = WorkerSettings(**overrides)
-    except ValidationError as error:
-        raise CommandError(describe_settings_error(error)) from None
+    settings = build_settings(WorkerSettings, overrides)
     languages = [code.strip() for code in args.languages.split(",") if code.strip()]
     try:
         plan = plan_run(

@@ -78,10 +78,8 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pydantic import ValidationError
-
     from xlreward.cli.main import CommandError
-    from xlreward.cli.serve import describe_settings_error
+    from xlreward.cli.settings_flags import build_settings
     from xlreward.worker.annotate import RunConflict
     from xlreward.worker.best_of_n import ModelProblem, plan_best_of_n
     from xlreward.worker.instructions import InstructionProblems
@@ -90,10 +88,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         field: getattr(args, flag) for flag, field in SETTING_FLAGS.items() if getattr(args, flag) is not None
     }
-    try:
-        settings = WorkerSettings(**overrides)
-    except ValidationError as error:
-        raise CommandError(describe_settings_error(error)) from None
+    settings = build_settings(WorkerSettings, overrides)
     try:
         plan = plan_best_of_n(
             args.instructions,

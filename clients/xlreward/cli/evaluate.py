@@ -1,15 +1,39 @@
-"""``xlreward eval``: win rate and length-controlled win rate per language against a baseline."""
+"""``xlreward eval``: win rate and length-controlled win rate per language against a baseline.
+
+Everything a run can be refused for is checked before torch is imported (it takes seconds): the flags
+while parsing, every model name (a folder that exists or a hub id), the LC variant's dependency and the
+instructions. Only then are the judge and the models loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from typing import Any
 
 JUDGE_MODELS = ("model", "policy", "reference")  # --judge-model, --judge-policy, --judge-reference
 
 
+def probability(text: str) -> float:
+    """A number in (0, 1] (--top-p).
+
+    >>> probability("0.9")
+    0.9
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0 and at most 1, e.g. 0.9") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0 and at most 1, e.g. 0.9")
+    return value
+
+
 def register(commands: Any) -> None:
+    from xlreward.cli.arg_types import non_negative_float, positive_int
+    from xlreward.evaluation.lc_variants import DEFAULT_LC_VARIANT, DESCRIPTIONS, LC_VARIANTS
+    from xlreward.evaluation.sampling import SamplingSettings
+
     parser = commands.add_parser(
         "eval",
         help="generate on held-out instructions per language; WR and LC against a baseline",
@@ -18,7 +42,8 @@ def register(commands: Any) -> None:
             "--outputs), judges it and the "
             "baseline's output (--baseline model, or --baseline-outputs from an earlier eval), and reports "
             "win rate and length-controlled win rate (AlpacaEval 2 style) per language. Writes "
-            "OUT/<language>/model_outputs.json in alpaca_eval's format and OUT/results.json. Models are "
+            "OUT/<language>/model_outputs.json in alpaca_eval's format, OUT/results.json and, with a "
+            "baseline, OUT/win_rates.png; prints a table, with progress bars on stderr. Models are "
             "folders or Hugging Face hub ids (org/name), read from the hub cache (fetched unless "
             "HF_HUB_OFFLINE=1) and loaded from there."
         ),
@@ -38,28 +63,66 @@ def register(commands: Any) -> None:
         "--name", help="generator name in model_outputs.json (default: the last part of --model)"
     )
     baseline = parser.add_mutually_exclusive_group()
-    baseline.add_argument("--baseline", help="the baseline model: a folder or a hub id")
     baseline.add_argument(
-        "--baseline-outputs", help="folder of an earlier eval: <language>/model_outputs.json"
+        "--baseline",
+        help="the baseline model: a folder or a hub id (default: none: only mean judge scores)",
+    )
+    baseline.add_argument(
+        "--baseline-outputs",
+        help="folder of an earlier eval: <language>/model_outputs.json (default: none, see --baseline)",
     )
     parser.add_argument("--baseline-revision", help="hub revision of --baseline (default: main)")
-    parser.add_argument("--judge", choices=["oracle", "classifier", "implicit"], default="oracle")
-    parser.add_argument("--judge-model", help="--judge classifier: a sequence-classification reward model")
-    parser.add_argument("--judge-policy", help="--judge implicit: the DPO model")
-    parser.add_argument("--judge-reference", help="--judge implicit: its reference (SFT) model")
     parser.add_argument(
-        "--judge-revision", help="hub revision of --judge-model, --judge-policy and --judge-reference"
+        "--lc-variant",
+        choices=LC_VARIANTS,
+        default=DEFAULT_LC_VARIANT,
+        help="which length-controlled win rate: "
+        + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+        + ". alpaca_eval_v1 needs alpaca_eval installed and its AlpacaEval difficulty data (fetched once); "
+        "its difficulty term fits only instructions that are AlpacaEval's own, in its order",
+    )
+    parser.add_argument(
+        "--judge",
+        choices=["oracle", "classifier", "implicit"],
+        default="oracle",
+        help="oracle: the demo world's checker; classifier: a reward model (--judge-model); implicit: a DPO "
+        "model and its reference (--judge-policy, --judge-reference)",
+    )
+    parser.add_argument(
+        "--judge-model", help="--judge classifier: a sequence-classification reward model (default: none)"
+    )
+    parser.add_argument("--judge-policy", help="--judge implicit: the DPO model (default: none)")
+    parser.add_argument(
+        "--judge-reference", help="--judge implicit: its reference (SFT) model (default: none)"
+    )
+    parser.add_argument(
+        "--judge-revision",
+        help="hub revision of --judge-model, --judge-policy and --judge-reference (default: main)",
     )
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="run model code from the checkpoints (all of them)"
     )
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--max-tokens", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts sampled together")
-    parser.add_argument("--limit", type=int, help="at most this many instructions per language")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=SamplingSettings.temperature,
+        help="sampling temperature; 0 is greedy",
+    )
+    parser.add_argument("--top-p", type=probability, default=SamplingSettings.top_p, help="nucleus sampling")
+    parser.add_argument(
+        "--max-tokens", type=positive_int, default=SamplingSettings.max_new_tokens, help="new tokens at most"
+    )
+    parser.add_argument("--seed", type=int, default=SamplingSettings.seed, help="sampling seed")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=SamplingSettings.batch_size,
+        help="prompts sampled together",
+    )
+    parser.add_argument(
+        "--limit", type=positive_int, help="at most this many instructions per language (default: all)"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models run")
     parser.set_defaults(run=run)
 
 
@@ -68,17 +131,13 @@ def run(args: argparse.Namespace) -> int:
 
     from xlreward.cli.main import CommandError
 
-    check_names(args)  # before torch is imported: evaluation.run imports it
-    from xlreward.evaluation.judges import build_judge
-    from xlreward.evaluation.run import EvalOptions, evaluate
+    check_names(args)  # before torch is imported: the judge and the models import it
+    from xlreward.evaluation.report import PLOT_FILE, plot_results, results_table
+    from xlreward.evaluation.run import EvalOptions, check_lc_variant, evaluate, load_prompts
     from xlreward.evaluation.sampling import SamplingSettings
     from xlreward.service.model_source import ModelNotFound
     from xlreward.worker.instructions import InstructionProblems
 
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_tokens < 1 or args.batch_size < 1:
-        raise CommandError(
-            "--temperature must be >= 0, --top-p in (0, 1], --max-tokens and --batch-size >= 1"
-        )
     options = EvalOptions(
         instructions=[Path(p) for p in args.instructions],
         languages=args.languages,
@@ -100,29 +159,46 @@ def run(args: argparse.Namespace) -> int:
         revision=args.revision,
         baseline_revision=args.baseline_revision,
         trust_remote_code=args.trust_remote_code,
+        lc_variant=args.lc_variant,
+        progress=True,
     )
     try:
-        judge = build_judge(
-            args.judge,
-            model=args.judge_model,
-            policy=args.judge_policy,
-            reference=args.judge_reference,
-            device=args.device,
-            revision=args.judge_revision,
-            trust_remote_code=args.trust_remote_code,
-        )
-        summary = evaluate(options, judge)
-    except (InstructionProblems, ModelNotFound, ValueError) as error:
+        prompts = load_prompts(options)
+        if options.baseline is not None or options.baseline_outputs is not None:
+            check_lc_variant(options.lc_variant, prompts)  # evaluate checks too, but after the judge loads
+        judge = _judge(args)
+        summary = evaluate(options, judge, prompts)
+    except (InstructionProblems, ModelNotFound, ValueError) as error:  # AlpacaEvalUnavailable too
         raise CommandError(str(error)) from None
-    print(json.dumps(summary["languages"], indent=2))
+    print(results_table(summary))
+    if summary["baseline"] is not None:
+        plot_results(options.out / PLOT_FILE, summary)
+        print(f"wrote {options.out / 'results.json'} and {options.out / PLOT_FILE}", file=sys.stderr)
+    else:
+        print(f"wrote {options.out / 'results.json'}", file=sys.stderr)
     return 0
 
 
+def _judge(args: argparse.Namespace) -> Any:
+    from xlreward.evaluation.judges import build_judge
+
+    return build_judge(
+        args.judge,
+        model=args.judge_model,
+        policy=args.judge_policy,
+        reference=args.judge_reference,
+        device=args.device,
+        revision=args.judge_revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
 def check_names(args: argparse.Namespace) -> None:
-    """Every model named is an existing folder or a valid hub id (``check_model_name``: nothing fetched,
-    torch not imported); a wrong name is a CommandError naming its flag."""
+    """Every model named is an existing folder or a valid hub id, in the hub cache while offline
+    (``check_model_available``: nothing fetched or loaded, torch not imported); a wrong name is a
+    CommandError naming its flag."""
     from xlreward.cli.main import CommandError
-    from xlreward.service.model_source import check_model_name
+    from xlreward.service.model_source import check_model_available
 
     named = [("--model", args.model, args.revision), ("--baseline", args.baseline, args.baseline_revision)]
     named += [
@@ -131,6 +207,8 @@ def check_names(args: argparse.Namespace) -> None:
     try:
         for flag, name, revision in named:
             if name is not None:
-                check_model_name(name, revision=revision, what=flag)
+                check_model_available(
+                    name, revision=revision, what=flag, trust_remote_code=args.trust_remote_code
+                )
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from None

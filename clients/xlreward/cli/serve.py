@@ -53,23 +53,6 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def describe_settings_error(error: Any) -> str:
-    """A pydantic ValidationError, or pydantic-settings' SettingsError (an environment variable that is not
-    the JSON its field needs), as one message saying which setting to fix."""
-    if not hasattr(error, "errors"):
-        cause = f" ({error.__cause__})" if error.__cause__ else ""
-        return (
-            f"invalid settings: {error}{cause}; a setting that holds a map or a list takes JSON, for example "
-            'XLREWARD_API_KEYS=\'{"<key>": "<tenant>"}\''
-        )
-    lines = []
-    for detail in error.errors():
-        field = ".".join(str(part) for part in detail["loc"]) or "settings"
-        env = f" [XLREWARD_{field.upper()}]" if detail["loc"] else ""
-        lines.append(f"  {field}{env}: {detail['msg'].removeprefix('Value error, ')}")
-    return "invalid settings:\n" + "\n".join(lines)
-
-
 def logging_config(level: str) -> dict[str, Any]:
     """uvicorn's logging configuration with the server's own ``xlreward.*`` loggers on its stderr handler
     (model loading, switches, failures), which would otherwise show warnings only."""
@@ -83,18 +66,11 @@ def logging_config(level: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
     from xlreward.cli.main import CommandError
-    from xlreward.cli.settings_flags import settings_overrides
+    from xlreward.cli.settings_flags import build_settings, settings_overrides
     from xlreward.service.settings import ServiceSettings
 
-    overrides = settings_overrides(args, FLAGS)
-    try:
-        settings = ServiceSettings(**overrides)
-    except (ValidationError, SettingsError) as error:
-        raise CommandError(describe_settings_error(error)) from None
+    settings = build_settings(ServiceSettings, settings_overrides(args, FLAGS))
 
     if args.parent_pid is not None:
         from xlreward.service.parent_watch import watch_parent

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import types
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from xlreward.cli.help_format import note_setting_default
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
 def add_settings_flags(
@@ -50,6 +52,41 @@ def declared_default(settings: type[BaseModel], name: str) -> Any:
     """A field's default as declared; None for a required field or one built by a factory."""
     default = settings.model_fields[name].default
     return None if default is PydanticUndefined else default
+
+
+def build_settings(settings: type[SettingsT], overrides: Mapping[str, Any]) -> SettingsT:
+    """The settings from ``overrides`` (given flags) and the environment; anything wrong with them is one
+    ``CommandError`` naming each setting to fix, never a traceback."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from xlreward.cli.main import CommandError
+
+    try:
+        return settings(**overrides)
+    except (ValidationError, SettingsError) as error:
+        raise CommandError(describe_settings_error(error)) from None
+
+
+def describe_settings_error(error: Any) -> str:
+    """A pydantic ValidationError, or pydantic-settings' SettingsError (an environment variable that is not
+    the JSON its field needs), as one message saying which setting to fix."""
+    if not hasattr(error, "errors"):
+        import re
+
+        field = re.search(r'field "(\w+)"', str(error))
+        variable = f"XLREWARD_{field.group(1).upper()}" if field else "the variable"
+        cause = f": {error.__cause__}" if error.__cause__ else ""
+        return (
+            f"invalid settings: {variable} is not JSON{cause}; a setting that holds a map or a list takes "
+            f'JSON, for example {variable}=\'{{"key": "value"}}\''
+        )
+    lines = []
+    for detail in error.errors():
+        field = ".".join(str(part) for part in detail["loc"]) or "settings"
+        env = f" [XLREWARD_{field.upper()}]" if detail["loc"] else ""
+        lines.append(f"  {field}{env}: {detail['msg'].removeprefix('Value error, ')}")
+    return "invalid settings:\n" + "\n".join(lines)
 
 
 def settings_overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

@@ -31,20 +31,15 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from xlreward.cli.main import CommandError
-    from xlreward.cli.serve import describe_settings_error
-    from xlreward.cli.settings_flags import settings_overrides
+    from xlreward.cli.settings_flags import build_settings, settings_overrides
     from xlreward.worker.celery_app import create_celery
     from xlreward.worker.settings import WorkerSettings
 
     overrides = settings_overrides(args, FLAGS) | ({"broker_url": args.broker} if args.broker else {})
+    settings = build_settings(WorkerSettings, overrides)
     try:
-        settings = WorkerSettings(**overrides)
         app = create_celery(settings)
-    except ValidationError as error:
-        raise CommandError(describe_settings_error(error)) from None
     except ValueError as error:
         raise CommandError(str(error)) from None
     # Task events come from the app's configuration (create_celery), so no -E here.
