@@ -27,12 +27,16 @@ def eval_args(pair, instructions: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_eval_writes_alpaca_eval_outputs_and_win_rates(
-    llama_pair, instructions: Path, tmp_path: Path
+    llama_pair, instructions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     assert main(eval_args(llama_pair, instructions, out, "--baseline", str(llama_pair.reference))) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["judge"] == "oracle"
+    assert results["judge"] == "oracle" and results["length_controlled_variant"] == "minimal"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"policy against {llama_pair.reference}, judged by oracle (ties count half)"
+    assert printed[-1].startswith("LC variant: minimal (alpaca_eval's length_controlled_minimal GLM")
+    assert (out / "win_rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for language in LANGUAGES:
         records = json.loads((out / language / "model_outputs.json").read_text())
         assert [set(r) >= {"instruction", "output", "generator", "dataset"} for r in records] == [True] * 4
@@ -142,3 +146,19 @@ def test_eval_refuses_a_missing_model_folder(instructions, tmp_path, capsys) -> 
     ]
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_sampling_reports_progress_per_batch(llama_pair) -> None:
+    """The sampling bar of `xlreward eval` moves once per batch, by the prompts the batch held."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xlreward.evaluation.sampling import SamplingSettings, sample
+
+    model = AutoModelForCausalLM.from_pretrained(str(llama_pair.policy)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(llama_pair.policy))
+    done: list[int] = []
+    settings = SamplingSettings(max_new_tokens=2, batch_size=2)
+    texts = sample(
+        model, tokenizer, ["Add 1 and 2.", "Hi", "Copy: a b", "Max 3 4", "Yo"], settings, done.append
+    )
+    assert done == [2, 2, 1] and len(texts) == 5

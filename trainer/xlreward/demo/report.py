@@ -139,24 +139,17 @@ def table(rows: dict[str, Any], languages: list[str], baseline: str) -> str:
 
 
 def plot(path: Path, rows: dict[str, Any], languages: list[str], baseline: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to a file
-    import matplotlib.pyplot as plt
+    from xlreward.evaluation.report import plot_win_rates
 
     names = [name for name in ITERATION_ROWS if name in rows]
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    for language in languages:
-        axis.plot(names, [rows[name][language]["win_rate"] for name in names], marker="o", label=language)
-    axis.axhline(50, color="grey", linewidth=0.8, linestyle=":")
-    axis.axhline(TARGET_WIN_RATE, color="grey", linewidth=0.8, linestyle="--")
-    axis.set_ylabel(f"win rate vs {baseline} (%)")
-    axis.set_ylim(0, 100)
-    axis.set_title("xlreward demo: oracle win rate per language per iteration")
-    axis.legend(title="language")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    plot_win_rates(
+        path,
+        {language: {name: rows[name][language]["win_rate"] for name in names} for language in languages},
+        ylabel=f"win rate vs {baseline} (%)",
+        title="xlreward demo: oracle win rate per language per iteration",
+        legend_title="language",
+        target=TARGET_WIN_RATE,
+    )
 
 
 def write_report(

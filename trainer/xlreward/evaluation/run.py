@@ -3,15 +3,17 @@
 For each language: the model's outputs (sampled here, one per instruction, or read from a folder of
 alpaca_eval outputs such as ``xlreward best-of-n`` writes) and the baseline's (sampled from a baseline
 model, or read from a folder an earlier ``xlreward eval`` wrote) are scored by one judge;
-WR and LC come from ``winrate``. Written to OUT:
+WR and LC come from ``winrate`` (LC: the ``lc_variant`` asked for, see ``lc_variants``). Written to OUT:
 
     OUT/<language>/model_outputs.json   alpaca_eval's format: [{"instruction", "output", "generator",
                                         "dataset"}], so alpaca_eval can judge the same outputs
     OUT/<language>/judged.jsonl         per instruction: id, both outputs, both scores, the outcome
-    OUT/results.json                    per language: mean score, mean length, WR, LC, wins/ties/losses
+    OUT/results.json                    per language: mean score, mean length, WR, LC, wins/ties/losses;
+                                        and which LC (``length_controlled_variant``, see ``lc_variants``)
 
-Without a baseline only the model's mean judge score is reported. Outputs that are already in OUT (same
-instructions, same model) are reused, so an interrupted evaluation resumes.
+(``xlreward eval`` adds OUT/win_rates.png, ``report.plot_results``.) Without a baseline only the model's
+mean judge score is reported. Outputs that are already in OUT (same instructions, same model) are reused,
+so an interrupted evaluation resumes. With ``progress``, tqdm bars on stderr follow sampling and judging.
 
 The model and the baseline are folders or Hugging Face hub ids (``revision``, ``baseline_revision``), each
 resolved to a folder when its outputs are sampled (``model_source.resolve_model``: the hub cache, fetched
@@ -21,19 +23,22 @@ unless ``HF_HUB_OFFLINE`` is set) and loaded from that folder only; remote code 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xlreward.evaluation.judges import Judge, Judged
+from xlreward.evaluation.lc_variants import DEFAULT_LC_VARIANT, LCVariant
 from xlreward.evaluation.sampling import SamplingSettings
-from xlreward.evaluation.winrate import win_rate
-from xlreward.trainer.outputs import write_json
+from xlreward.evaluation.winrate import WinRate, win_rate
 from xlreward.worker.annotate import write_atomically
 
 OUTPUTS_FILE = "model_outputs.json"
+JUDGE_CHUNK = 64  # outputs per judge call, so the judging bar moves (a multiple of the classifier's batch)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class EvalOptions:
     revision: str | None = None  # of ``model``, when it is a hub id
     baseline_revision: str | None = None  # of ``baseline``, when it is a hub id
     trust_remote_code: bool = False
+    lc_variant: LCVariant = DEFAULT_LC_VARIANT
+    progress: bool = False  # tqdm bars on stderr (shown on a terminal only)
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.outputs is None):
@@ -112,10 +119,12 @@ def generate_outputs(
         lm, tokenizer = _load(model, options, revision=revision, what=what)
         from xlreward.evaluation.sampling import sample
 
-        for language, items in missing.items():
-            texts = sample(lm, tokenizer, [p.instruction for p in items], options.sampling)
-            outputs[language] = [group[0] for group in texts]
-            write_outputs(out / language / OUTPUTS_FILE, items, outputs[language], generator)
+        total = sum(len(items) for items in missing.values())
+        with _progress(options, total, f"sampling {generator}", "prompt") as advance:
+            for language, items in missing.items():
+                texts = sample(lm, tokenizer, [p.instruction for p in items], options.sampling, advance)
+                outputs[language] = [group[0] for group in texts]
+                write_outputs(out / language / OUTPUTS_FILE, items, outputs[language], generator)
     return outputs
 
 
@@ -142,13 +151,18 @@ def write_outputs(path: Path, items: Sequence[Prompt], outputs: Sequence[str], g
         }
         for p, o in zip(items, outputs, strict=True)
     ]
-    write_json(path, records)
+    _write_json(path, records)
 
 
-def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
-    from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
-
-    prompts = load_prompts(options)
+def evaluate(
+    options: EvalOptions, judge: Judge, prompts: dict[str, list[Prompt]] | None = None
+) -> dict[str, Any]:
+    """Samples (or reads) both sides' outputs, judges them, writes OUT and returns the summary;
+    ``prompts``: ``load_prompts(options)``, when the caller has loaded them already."""
+    prompts = load_prompts(options) if prompts is None else prompts
+    compared = options.baseline is not None or options.baseline_outputs is not None
+    if compared:
+        check_lc_variant(options.lc_variant, prompts)  # before sampling: fail in seconds, not after hours
     if options.model is None:
         assert options.outputs is not None
         model_outputs = stored_outputs(options.outputs, prompts, "--outputs")
@@ -157,36 +171,106 @@ def evaluate(options: EvalOptions, judge: Judge) -> dict[str, Any]:
             options.model, options.generator, prompts, options.out, options, revision=options.revision
         )
     baseline_outputs = _baseline_outputs(options, prompts)
-    results: dict[str, Any] = {}
-    for language, items in prompts.items():
-        name = DEFAULT_LANGUAGE_NAMES[language]
-        scores = judge.score(_judged(items, model_outputs[language], name))
-        entry: dict[str, Any] = {
-            "instructions": len(items),
-            "mean_score": round(sum(scores) / len(scores), 4),
-            "mean_length": round(sum(len(o) for o in model_outputs[language]) / len(items), 1),
-        }
-        if baseline_outputs is not None:
-            others = baseline_outputs[language]
-            base = judge.score(_judged(items, others, name))
-            rate = win_rate(scores, base, [len(o) for o in model_outputs[language]], [len(o) for o in others])
-            entry |= {"baseline_mean_score": round(sum(base) / len(base), 4), **rate.to_json()}
-            _write_judged(
-                options.out / language / "judged.jsonl", items, model_outputs[language], others, scores, base
+    judged = sum(len(items) for items in prompts.values()) * (2 if compared else 1)
+    with _progress(options, judged, f"judging ({judge.name})", "output") as advance:
+        results = {
+            language: _language_result(
+                options,
+                _Judging(judge, language, advance),
+                items,
+                model_outputs[language],
+                None if baseline_outputs is None else baseline_outputs[language],
             )
-        results[language] = entry
+            for language, items in prompts.items()
+        }
     summary = {
         "model": str(options.model or options.outputs),
         "generator": options.generator,
-        "baseline": str(options.baseline or options.baseline_outputs)
-        if baseline_outputs is not None
-        else None,
+        "baseline": str(options.baseline or options.baseline_outputs) if compared else None,
         "judge": judge.name,
+        "length_controlled_variant": options.lc_variant if compared else None,
         "sampling": asdict(options.sampling),
         "languages": results,
     }
-    write_json(options.out / "results.json", summary)
+    _write_json(options.out / "results.json", summary)
     return summary
+
+
+def check_lc_variant(variant: LCVariant, prompts: dict[str, list[Prompt]]) -> None:
+    """A variant computed by alpaca_eval can be: alpaca_eval imports, its data is here (or fetched now) and
+    every language has an instruction count its GLM takes. Raises AlpacaEvalUnavailable (a ValueError)."""
+    if variant == "minimal":
+        return
+    from xlreward.evaluation.lc_variants import (
+        alpaca_eval_instruction_count,
+        check_instruction_counts,
+        require_alpaca_eval,
+    )
+
+    require_alpaca_eval()
+    counts = {language: len(items) for language, items in prompts.items()}
+    check_instruction_counts(counts, alpaca_eval_instruction_count())
+
+
+@dataclass(frozen=True)
+class _Judging:
+    """One language's judging: scores in chunks of JUDGE_CHUNK, advancing the judging bar after each."""
+
+    judge: Judge
+    language: str
+    advance: Callable[[int], object]
+
+    def score(self, items: Sequence[Prompt], outputs: Sequence[str]) -> list[float]:
+        from xlreward.worker.settings import DEFAULT_LANGUAGE_NAMES
+
+        judged = _judged(items, outputs, DEFAULT_LANGUAGE_NAMES[self.language])
+        scores: list[float] = []
+        for start in range(0, len(judged), JUDGE_CHUNK):
+            chunk = judged[start : start + JUDGE_CHUNK]
+            scores += self.judge.score(chunk)
+            self.advance(len(chunk))
+        return scores
+
+
+def _language_result(
+    options: EvalOptions,
+    judging: _Judging,
+    items: Sequence[Prompt],
+    outputs: Sequence[str],
+    others: Sequence[str] | None,
+) -> dict[str, Any]:
+    """One language's row of results.json (and its judged.jsonl, with a baseline)."""
+    scores = judging.score(items, outputs)
+    entry: dict[str, Any] = {
+        "instructions": len(items),
+        "mean_score": round(sum(scores) / len(scores), 4),
+        "mean_length": round(sum(len(o) for o in outputs) / len(items), 1),
+    }
+    if others is None:
+        return entry
+    base = judging.score(items, others)
+    rate = length_controlled(options.lc_variant, scores, base, outputs, others)
+    entry |= {"baseline_mean_score": round(sum(base) / len(base), 4), **rate.to_json()}
+    _write_judged(options.out / judging.language / "judged.jsonl", items, outputs, others, scores, base)
+    return entry
+
+
+def length_controlled(
+    variant: LCVariant,
+    scores: Sequence[float],
+    base: Sequence[float],
+    outputs: Sequence[str],
+    others: Sequence[str],
+) -> WinRate:
+    """WR and the LC of ``variant`` (lengths in characters): ours for minimal, else alpaca_eval's own GLM."""
+    rate = win_rate(scores, base, [len(o) for o in outputs], [len(o) for o in others])
+    if variant == "minimal":
+        return rate
+    from xlreward.evaluation.lc_variants import ALPACA_EVAL_GLM, alpaca_eval_lc
+    from xlreward.evaluation.winrate import outcomes
+
+    lc = alpaca_eval_lc(outcomes(scores, base).tolist(), outputs, others, ALPACA_EVAL_GLM[variant])
+    return dataclasses.replace(rate, length_controlled=lc, length_coefficient=None)
 
 
 def _judged(items: Sequence[Prompt], outputs: Sequence[str], language_name: str) -> list[Judged]:
@@ -270,3 +354,19 @@ def _load(name: str | Path, options: EvalOptions, *, revision: str | None, what:
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, text)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    _write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _progress(
+    options: EvalOptions, total: int, description: str, unit: str
+) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar on stderr (when ``options.progress``; tqdm leaves it out when stderr is no terminal),
+    given as its ``update``: call it with how many items are done."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, unit=unit, disable=None if options.progress else True) as bar:
+        yield bar.update

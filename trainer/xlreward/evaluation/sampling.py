@@ -8,7 +8,7 @@ from (seed, batch index), so a run is reproducible on the same machine and softw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,15 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     return sorted(end_of_turn_ids(tokenizer))
 
 
-def sample(model: Any, tokenizer: Any, prompts: Sequence[str], settings: SamplingSettings) -> list[list[str]]:
-    """``settings.samples`` completions per prompt (stripped text, special tokens removed), in order."""
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: SamplingSettings,
+    progress: Callable[[int], object] | None = None,
+) -> list[list[str]]:
+    """``settings.samples`` completions per prompt (stripped text, special tokens removed), in order;
+    ``progress`` is told how many prompts each finished batch held."""
     import torch
 
     rendered = render_prompts(tokenizer, prompts)
@@ -78,4 +85,6 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Samplin
         for row, i in enumerate(chosen):
             group = texts[row * settings.samples : (row + 1) * settings.samples]
             results[i] = [text.strip() for text in group]
+        if progress is not None:
+            progress(len(chosen))
     return results

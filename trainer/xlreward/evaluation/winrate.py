@@ -8,12 +8,21 @@ length": a logistic regression of the outcome on the length difference,
 
     P(model wins | i) = sigmoid(theta + phi * tanh((len_model_i - len_baseline_i) / sd)),
 
-with sd the standard deviation of the length differences, is fitted by maximum likelihood (ties are soft
-labels of 1/2) and LC = 100 * sigmoid(theta), the prediction at zero length difference. This is the
-length term of AlpacaEval 2's GLM (Dubois et al., 2024, eq. 2); its instruction-difficulty term needs many
-models' results on the same instructions and is left out, so with one model and one baseline LC is the
-win rate with the length effect removed. A small ridge penalty keeps the fit finite when one side wins
-every comparison (then WR is 0 or 100 and LC follows it).
+with sd the standard deviation of the length differences (n - 1 in the denominator, as pandas computes it),
+is fitted by maximum likelihood (ties are soft labels of 1/2) and LC = 100 * sigmoid(theta), the
+prediction at zero length difference. This is alpaca_eval's ``length_controlled_minimal`` GLM (Dubois et
+al., 2024, eq. 2 without the instruction-difficulty term), the ``minimal`` variant of ``lc_variants``: with
+a vanishing penalty alpaca_eval's own fit of it gives the same LC to 1e-6 points (tests/test_winrate.py).
+alpaca_eval itself adds an L1 penalty chosen by 5-fold cross-validation, which moves LC by under 0.1
+points on 805 instructions and by up to a few points on 40.
+
+alpaca_eval's default GLM, ``length_controlled_v1``, also has an instruction-difficulty term. That needs
+no other models' results at evaluation time: the difficulties were estimated once from the leaderboard's
+models and alpaca_eval ships them, one per AlpacaEval instruction, so they describe AlpacaEval's 805
+instructions only. ``lc_variants`` runs that GLM through alpaca_eval itself when asked for.
+
+A small ridge penalty keeps the fit finite when one side wins every comparison (then WR is 0 or 100 and
+LC follows it); otherwise it moves LC by about 5e-5 points on 805 instructions.
 
 Written with numpy (a two-parameter Newton fit) rather than scikit-learn: sklearn's LogisticRegression has
 no soft labels, and the fit is small enough to test against known numbers.
@@ -37,21 +46,24 @@ class WinRate:
     wins: int
     ties: int
     losses: int
-    length_coefficient: float  # phi: how much the outcome follows the length difference
+    # phi: how much the outcome follows the length difference; None when LC came from another variant's GLM
+    length_coefficient: float | None
 
     @property
     def count(self) -> int:
         return self.wins + self.ties + self.losses
 
     def to_json(self) -> dict[str, float | int]:
-        return {
+        fields: dict[str, float | int] = {
             "win_rate": round(self.win_rate, 2),
             "length_controlled_win_rate": round(self.length_controlled, 2),
             "wins": self.wins,
             "ties": self.ties,
             "losses": self.losses,
-            "length_coefficient": round(self.length_coefficient, 4),
         }
+        if self.length_coefficient is not None:
+            fields["length_coefficient"] = round(self.length_coefficient, 4)
+        return fields
 
 
 def outcomes(model_scores: Sequence[float], baseline_scores: Sequence[float]) -> np.ndarray:
@@ -84,21 +96,29 @@ def win_rate(
     )
 
 
-def fit_length_model(result: np.ndarray, length_delta: np.ndarray, steps: int = 50) -> tuple[float, float]:
-    """(theta, phi) maximising the soft-label log-likelihood minus RIDGE * |(theta, phi)|^2 / 2."""
-    sd = float(length_delta.std())
-    feature = np.tanh(length_delta / sd) if sd > 0 else np.zeros_like(length_delta)
+def fit_length_model(
+    result: np.ndarray, length_delta: np.ndarray, steps: int = 50, ridge: float = RIDGE
+) -> tuple[float, float]:
+    """(theta, phi) maximising the soft-label log-likelihood minus ridge * |(theta, phi)|^2 / 2."""
+    feature = length_feature(length_delta)
     design = np.stack([np.ones_like(feature), feature], axis=1)  # (N, 2)
     weights = np.zeros(2)
     for _ in range(steps):  # Newton's method: the objective is strictly concave, so this converges
         p = 1 / (1 + np.exp(-(design @ weights)))
-        gradient = design.T @ (result - p) - RIDGE * weights
-        hessian = (design * (p * (1 - p))[:, None]).T @ design + RIDGE * np.eye(2)
+        gradient = design.T @ (result - p) - ridge * weights
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + ridge * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
         weights += step
         if np.abs(step).max() < 1e-10:
             break
     return float(weights[0]), float(weights[1])
+
+
+def length_feature(length_delta: np.ndarray) -> np.ndarray:
+    """tanh(delta / sd), sd with n - 1 in the denominator as alpaca_eval's pandas .std(); all zeros when the
+    differences do not vary (or there is one), so the fit is then the plain win rate."""
+    sd = float(length_delta.std(ddof=1)) if length_delta.size > 1 else 0.0
+    return np.tanh(length_delta / sd) if sd > 0 else np.zeros_like(length_delta)
 
 
 def _sigmoid(x: float) -> float:
