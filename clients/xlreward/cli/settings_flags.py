@@ -74,8 +74,8 @@ def describe_settings_error(error: Any) -> str:
     if not hasattr(error, "errors"):
         import re
 
-        field = re.search(r'field "(\w+)"', str(error))
-        variable = f"XLREWARD_{field.group(1).upper()}" if field else "the variable"
+        named = re.search(r'field "(\w+)"', str(error))
+        variable = f"XLREWARD_{named.group(1).upper()}" if named else "the variable"
         cause = f": {error.__cause__}" if error.__cause__ else ""
         return (
             f"invalid settings: {variable} is not JSON{cause}; a setting that holds a map or a list takes "
