@@ -212,7 +212,7 @@ def test_drops_are_counted_and_take_part_in_the_search() -> None:
     result = pair_language(units)
     assert abs(result.alpha - 0.001) < 1e-12
     assert round(result.alpha / STEP) == 1
-    assert result.drops == {"too_few_samples": 2, "same_text": 1, "same_reward": 1}
+    assert result.drops == {"too_few_samples": 2, "empty_responses": 0, "same_text": 1, "same_reward": 1}
     assert [p.id for p in result.pairs] == ["a", "b"]
     assert len(result.pairs) + sum(result.drops.values()) == len(units) == result.num_units
     a, b = result.pairs
@@ -230,10 +230,23 @@ def test_drops_are_counted_and_take_part_in_the_search() -> None:
 def test_all_dropped_language_has_no_statistics() -> None:
     result = pair_language([unit("x", [("same", 1.0), ("same", 2.0)]), unit("y", [("z", 1.0)])])
     assert result.pairs == []
-    assert result.drops == {"too_few_samples": 1, "same_text": 1, "same_reward": 0}
+    assert result.drops == {"too_few_samples": 1, "empty_responses": 0, "same_text": 1, "same_reward": 0}
     assert result.mean_length_difference is None
     assert result.chosen_reward is None and result.rejected_reward is None and result.mean_margin is None
     json.dumps(summarise([result]))
+
+
+def test_empty_answers_are_never_chosen_or_rejected() -> None:
+    """An empty or whitespace-only sample (a policy that ends its turn at once) would win as chosen with the
+    highest reward or lose as rejected: it is left out and counted, and a unit left without two answers
+    is dropped as empty_responses."""
+    mixed = unit("m", [("", 9.0), ("ok", 1.0), ("  \n", -9.0), ("no", 2.0)])  # equal lengths: alpha 0
+    hollow = unit("h", [("", 1.0), (" ", 2.0), ("only one", 3.0)])
+    result = pair_language([mixed, hollow])
+    [pair] = result.pairs
+    assert (pair.id, pair.chosen, pair.rejected) == ("m", "no", "ok")
+    assert result.drops["empty_responses"] == 1 and result.empty_samples == 4
+    assert summarise([result])["totals"]["empty_samples"] == 4
 
 
 # --- pair_language, records and the summary -------------------------------------------------------------

@@ -220,6 +220,7 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
     log(f"iteration {t + 1}: scoring with {policy} (policy) and {reference} (reference)")
     switch_models(url, admin_key, policy, reference)
     annotation = annotate_stage(config, folder / "annotate", url)
+    check_pairs(annotation, t)
     log(f"iteration {t + 1}: {annotation['totals']['pairs']} pairs; training")
     trained = train_stage(config, folder / "train", generator)
     result = {
@@ -233,6 +234,24 @@ def run_iteration(config: IterateConfig, t: int, url: str, admin_key: str) -> di
     }
     done.write_text(json.dumps(result, indent=2))
     return result
+
+
+class NoPairs(RuntimeError):
+    """An iteration's annotation left nothing to train on."""
+
+
+def check_pairs(annotation: dict[str, Any], t: int) -> None:
+    """Stops the loop, saying why, when iteration ``t`` has no pair to train on (rather than handing its
+    trainer an empty file)."""
+    totals = annotation["totals"]
+    if totals["pairs"]:
+        return
+    drops = ", ".join(f"{reason} {count}" for reason, count in totals["drops"].items() if count)
+    raise NoPairs(
+        f"iteration {t + 1}: the annotation kept no preference pair out of {totals['units']} units "
+        f"(dropped: {drops or 'none'}; empty samples: {totals.get('empty_samples', 0)}): the sampling model "
+        "gave no two distinct answers to any instruction; see annotate/summary.json"
+    )
 
 
 def annotation_plan(config: IterateConfig, out: Path, url: str) -> tuple[Any, Any]:
@@ -273,15 +292,20 @@ def annotate_stage(config: IterateConfig, out: Path, url: str) -> dict[str, Any]
 def train_options(config: IterateConfig, out: Path, policy: Path) -> TrainOptions:
     """The training run of an iteration in ``out`` (its pairs next to it, in ``annotate/``), from ``policy``:
     ``[train]`` plus what the loop sets itself. The models are folders by now (``with_model_folders``), so
-    ``[train] revision``, which applied to the config's hub ids, is not passed on."""
+    ``[train] revision``, which applied to the config's hub ids, is not passed on. Unless ``[train]`` says
+    otherwise, the trainer skips (and counts, in its final metrics) the pairs it cannot take, such as a
+    sample longer than its ``max_length``, instead of refusing the loop's own file."""
     reference = policy if config.train_reference == "policy" else Path(config.sft)
+    options = {**config.train.model_dump(), "revision": None}
+    if "skip_invalid" not in config.train.model_fields_set:
+        options["skip_invalid"] = True
     return TrainOptions(
         pairs=[out.parent / "annotate" / "pairs.jsonl"],
         policy=policy,
         reference=reference,
         out=out,
         device=config.device,
-        **{**config.train.model_dump(), "revision": None},
+        **options,
     )
 
 

@@ -16,6 +16,11 @@ The method, per language:
   the one whose pairs have the mean signed length difference ``len(chosen) - len(rejected)`` closest to 0
   (smallest absolute value); ties go to the SMALLEST alpha.
 
+Empty samples first: a sample whose text is empty or only whitespace (a policy that ends its turn at once)
+is no answer, so it never becomes ``chosen`` or ``rejected``; it is left out before anything else and
+counted (``empty_samples``). A unit left with fewer than 2 samples by that is dropped as
+``empty_responses``.
+
 Which units take part in the alpha search: every unit with at least 2 samples, including units whose pair
 is later dropped as ``same_text`` or ``same_reward``. Whether a unit's pair is degenerate depends on
 alpha itself (which samples end up at the argmax and the argmin), so alpha has to be chosen before the
@@ -24,9 +29,11 @@ degenerate ``same_text`` pair adds 0 to the length difference anyway. Units with
 have no pair at any alpha and take no part.
 
 Drops, counted by reason (checked in this order): ``too_few_samples`` (fewer than 2 samples),
-``same_text`` (chosen and rejected are the same sample, which happens when every ``s`` ties, or two
-samples with exactly equal text), ``same_reward`` (exactly equal rewards; such a pair teaches nothing).
-There is no margin threshold (the paper has none).
+``empty_responses`` (fewer than 2 once empty samples are left out), ``same_text`` (chosen and rejected
+are the same sample, which happens when every ``s`` ties, or two samples whose texts are equal but for
+leading and trailing whitespace),
+``same_reward`` (exactly equal rewards; such a pair teaches nothing). There is no margin threshold (the
+paper has none).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy.typing as npt
 
 from xlreward.worker.pair_format import DEFAULT_PAIR_FORMAT, PairFormat, pair_fields
 
-DROP_REASONS = ("too_few_samples", "same_text", "same_reward")
+DROP_REASONS = ("too_few_samples", "empty_responses", "same_text", "same_reward")
 DEFAULT_STEP = 0.001
 DEFAULT_STOP = 1.0
 
@@ -141,7 +148,8 @@ class LanguagePairs:
     """The pairing result of one language.
 
     ``drops`` maps every reason in ``DROP_REASONS`` to its count (zeros included), so
-    ``len(pairs) + sum(drops.values())`` is the number of input units. The statistics cover the KEPT pairs
+    ``len(pairs) + sum(drops.values())`` is the number of input units; ``empty_samples`` counts the samples
+    left out as empty. The statistics cover the KEPT pairs
     (computed from ``pairs``) and are None when no pair was kept: ``mean_length_difference`` is the mean of
     ``chosen_length - rejected_length``, ``mean_margin`` the mean of ``chosen_reward - rejected_reward``.
     """
@@ -150,6 +158,7 @@ class LanguagePairs:
     alpha: float
     pairs: list[PreferencePair]
     drops: dict[str, int]
+    empty_samples: int = 0
 
     @property
     def mean_length_difference(self) -> float | None:
@@ -181,6 +190,7 @@ class LanguagePairs:
             "units": self.num_units,
             "pairs": len(self.pairs),
             "drops": dict(self.drops),
+            "empty_samples": self.empty_samples,
             "alpha": self.alpha,
             "mean_length_difference": self.mean_length_difference,
             "chosen_reward": None if self.chosen_reward is None else self.chosen_reward.to_dict(),
@@ -270,7 +280,7 @@ def select_pair(unit: ScoredUnit, alpha: float) -> tuple[int, int]:
 
 
 def _drop_reason(chosen: ScoredSample, rejected: ScoredSample) -> str | None:
-    if chosen.text == rejected.text:
+    if chosen.text.strip() == rejected.text.strip():  # as the trainer compares them
         return "same_text"
     if chosen.reward == rejected.reward:
         return "same_reward"
@@ -301,12 +311,16 @@ def pair_language(
     units). ``pairs`` are sorted by id.
     """
     language = _check_units(units)
-    alpha = search_alpha(units, step=step, stop=stop)
+    answered = [without_empty_samples(unit) for unit in units]
+    alpha = search_alpha(answered, step=step, stop=stop)
     drops = dict.fromkeys(DROP_REASONS, 0)
     pairs: list[PreferencePair] = []
-    for unit in sorted(units, key=lambda unit: unit.id):
-        if len(unit.samples) < 2:
+    for original, unit in sorted(zip(units, answered, strict=True), key=lambda both: both[0].id):
+        if len(original.samples) < 2:
             drops["too_few_samples"] += 1
+            continue
+        if len(unit.samples) < 2:
+            drops["empty_responses"] += 1
             continue
         chosen_index, rejected_index = select_pair(unit, alpha)
         chosen, rejected = unit.samples[chosen_index], unit.samples[rejected_index]
@@ -329,7 +343,18 @@ def pair_language(
                 num_samples=len(unit.samples),
             )
         )
-    return LanguagePairs(language=language, alpha=alpha, pairs=pairs, drops=drops)
+    empty = sum(
+        len(original.samples) - len(unit.samples) for original, unit in zip(units, answered, strict=True)
+    )
+    return LanguagePairs(language=language, alpha=alpha, pairs=pairs, drops=drops, empty_samples=empty)
+
+
+def without_empty_samples(unit: ScoredUnit) -> ScoredUnit:
+    """``unit`` without its samples whose text is empty or whitespace (the unit itself when it has none)."""
+    kept = tuple(sample for sample in unit.samples if sample.text.strip())
+    if len(kept) == len(unit.samples):
+        return unit
+    return ScoredUnit(id=unit.id, language=unit.language, prompt=unit.prompt, samples=kept)
 
 
 def summarise(results: Sequence[LanguagePairs]) -> dict[str, Any]:
@@ -337,17 +362,20 @@ def summarise(results: Sequence[LanguagePairs]) -> dict[str, Any]:
     "pairs", "drops": {reason: count}}}``; ValueError when a language appears twice."""
     languages: dict[str, dict[str, Any]] = {}
     drops = dict.fromkeys(DROP_REASONS, 0)
+    empty_samples = 0
     for result in results:
         if result.language in languages:
             raise ValueError(f"language {result.language!r} appears twice")
         languages[result.language] = result.summary()
         for reason, count in result.drops.items():
             drops[reason] = drops.get(reason, 0) + count
+        empty_samples += result.empty_samples
     return {
         "languages": languages,
         "totals": {
             "units": sum(result.num_units for result in results),
             "pairs": sum(len(result.pairs) for result in results),
             "drops": drops,
+            "empty_samples": empty_samples,
         },
     }
