@@ -116,3 +116,33 @@ def test_gpu_runs_are_refused_here_with_what_to_do_instead() -> None:
     assert no_device.returncode != 0 and "torch sees no CUDA device" in no_device.stderr
     too_big = bench("--config", "llama3-8b", "--quick", timeout=120)
     assert too_big.returncode != 0 and "needs --device cuda" in too_big.stderr
+
+
+def test_the_service_load_bench_runs_every_section_and_each_429_says_when_to_retry() -> None:
+    """`bench/service_load.py --quick`: a real server per section, on the tiny Llama pair. What is asserted
+    is behaviour, not speed: under a full queue every answer is a 200 or a 429 with Retry-After, the 100 MB
+    body is refused with 413, and no 10 MB body gets a 5xx."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "service_load.py"), "--quick", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    path = ROOT / "bench" / "results" / f"service-load-{name}.json"
+    try:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        results = json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)
+    for section in ("load", "fairness", "generation", "admission"):
+        assert "error" not in results[section] and "skipped" not in results[section], results[section]
+    load = results["load"]
+    assert set(load["statuses"]) <= {"200", "429"} and load["only_200_or_429"]
+    assert sum(load["statuses"].values()) == load["requests"] == results["settings"]["sizes"]["requests"]
+    assert load["missing_retry_after"] == 0 and load["statuses"].get("200")
+    admission = results["admission"]
+    assert admission["huge_body"]["status"] == 413 and admission["big_bodies_never_5xx"]
+    assert f"wrote bench/results/service-load-{name}.json" in done.stdout
