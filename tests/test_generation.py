@@ -120,10 +120,16 @@ def test_max_tokens_ends_with_length(generator: TransformersGenerator) -> None:
     assert any(c.finish_reason == "length" for c in completions)
 
 
-def test_max_tokens_clamped_to_the_context(generator: TransformersGenerator) -> None:
+def test_max_tokens_beyond_the_context_refused_and_the_default_cut(generator: TransformersGenerator) -> None:
+    """A max_tokens the request sets must fit after the prompt (a 400, as vLLM answers; it used to be cut
+    silently); the default is cut to the room the prompt leaves."""
     length = len(generator.render(PROMPTS[0]))
     small = variant(generator, max_length=length + 2)
-    completion = run(small, prompts=[PROMPTS[0]], temperature=0, max_tokens=50).results[0].completions[0]
+    with pytest.raises(GenerationError) as caught:
+        run(small, prompts=[PROMPTS[0]], temperature=0, max_tokens=50)
+    assert (caught.value.code, caught.value.status, caught.value.location) == ("too_long", 400, "max_tokens")
+    assert "at most 2" in caught.value.message
+    completion = run(small, prompts=[PROMPTS[0]], temperature=0).results[0].completions[0]
     assert completion.num_tokens <= 2
     with pytest.raises(GenerationError) as caught:
         run(variant(generator, max_length=length), prompts=["hi", PROMPTS[0]], max_tokens=5)

@@ -138,12 +138,13 @@ class AsyncRewardClient(ClientSettings):
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int | None = None,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         raw: bool = False,
     ) -> GenerateResponse:
-        """``n`` completions per prompt from the server's policy model."""
+        """``n`` completions per prompt from the server's policy model; ``max_tokens`` None leaves it to the
+        server (its default, cut to the room the prompt leaves), and a set one must fit the context."""
         requests = payloads.generate_requests(
             prompts,
             limit=self.max_items_per_request,
@@ -172,7 +173,7 @@ class AsyncRewardClient(ClientSettings):
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int | None = None,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         raw: bool = False,

@@ -75,7 +75,7 @@ def generate_requests(
     """Requests of at most ``limit`` completions (prompts x n) each, in order; a bare string is one prompt.
     ``n`` above ``limit`` still goes one prompt per request, and the server says whether it takes it."""
     listed = [prompts] if isinstance(prompts, str) else list(prompts)
-    return split_prompts(GenerateRequest.model_validate({"prompts": listed, **sampling}), limit)
+    return split_prompts(GenerateRequest.model_validate({"prompts": listed, **given(sampling)}), limit)
 
 
 Sampled = TypeVar("Sampled", GenerateRequest, BestOfNRequest)
@@ -110,7 +110,13 @@ def best_of_n_requests(
     string is one prompt."""
     listed = [prompts] if isinstance(prompts, str) else list(prompts)
     entries = [{"prompt": entry} if isinstance(entry, str) else entry for entry in listed]
-    return split_prompts(BestOfNRequest.model_validate({"prompts": entries, **options}), limit)
+    return split_prompts(BestOfNRequest.model_validate({"prompts": entries, **given(options)}), limit)
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the caller gave (not None): the others stay unset, and the server applies its defaults
+    (a left-out ``max_tokens`` is cut to the room the prompt leaves; one that is set must fit)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def merge_best_of_n(
@@ -127,8 +133,8 @@ def merge_best_of_n(
 
 
 def body(request: BaseModel) -> dict[str, Any]:
-    """The JSON body; unset optional fields are left out, so the server's defaults apply."""
-    return request.model_dump(mode="json", exclude_none=True)
+    """The JSON body; unset fields are left out, so the server's defaults apply."""
+    return request.model_dump(mode="json", exclude_none=True, exclude_unset=True)
 
 
 def parse(response: httpx.Response, model: type[M]) -> M:

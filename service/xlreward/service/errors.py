@@ -50,12 +50,22 @@ def item_error(error: ItemError, location: str) -> ServiceError:
     return ServiceError(status, error.reason, f"{location}: {error}", location=location)
 
 
-# Responses each route declares, so the OpenAPI spec shows the envelope.
+# Responses each route declares, so the OpenAPI spec shows the envelope. A request its schema allows is
+# refused only for what no schema can state, each with its own code: text longer than the model's context or
+# a max_tokens beyond it ("too_long"), more items than the server's limit ("too_many_items"), a prompt the
+# model's template cannot render ("bad_prompt", "empty_prompt", "not_prefix_stable"), an unknown model
+# ("unknown_model"), OpenRLHF queries that do not pair with their prompts ("query_mismatch").
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in [
-        (400, "malformed request body, or a field this server does not implement (named)"),
+        (
+            400,
+            "malformed request body, a field this server does not implement (named), or a max_tokens the "
+            "model's context cannot hold after the prompt",
+        ),
         (401, "missing or unknown API key"),
+        (403, "the admin endpoints are off (no admin key is set)"),
+        (404, "no served model has the name the request gives"),
         (413, "body over the size limit, too many items, or an item longer than the context"),
         (422, "invalid request: the message names the field and what to fix"),
         (429, "queue full: retry after the Retry-After header's seconds"),
@@ -69,8 +79,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def envelope(
     status: int, code: str, message: str, location: str | None = None, **headers: str
 ) -> JSONResponse:
-    body = ErrorEnvelope(error=ErrorDetail(code=code, message=message, location=location))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
+    detail = ErrorDetail(code=code, message=_encodable(message), location=location and _encodable(location))
+    return JSONResponse(ErrorEnvelope(error=detail).model_dump(), status_code=status, headers=headers or None)
+
+
+def _encodable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate a message quotes from a request (a field's name, say)
+    is written out as its escape, where it would otherwise fail the response itself."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def format_location(loc: Sequence[int | str]) -> str:
@@ -95,11 +111,23 @@ def _validation_response(error: RequestValidationError) -> JSONResponse:
     return envelope(422, "invalid_request", problems + more, location or None)
 
 
-def _http_response(error: StarletteHTTPException) -> JSONResponse:
+def _http_response(error: StarletteHTTPException, request: Request) -> JSONResponse:
     if error.status_code == 400:
         return envelope(400, "malformed_body", "the request body could not be read: send UTF-8 encoded JSON")
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return envelope(error.status_code, code, str(error.detail), **(error.headers or {}))
+    headers = dict(error.headers or {})
+    documented = documented_methods(request)
+    if error.status_code == 405 and documented:
+        headers["Allow"] = ", ".join(documented)
+    return envelope(error.status_code, code, str(error.detail), **headers)
+
+
+def documented_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists at the request's path (none for an undocumented path). A 405's
+    Allow header names them all: the router's names only those of the first route at the path, and GET and
+    POST /admin/models are two routes."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    return sorted(method.upper() for method in paths.get(request.url.path, {}))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -115,9 +143,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, RequestValidationError)
         return _validation_response(error)
 
-    async def on_http(_: Request, error: Exception) -> JSONResponse:
+    async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        return _http_response(error)
+        return _http_response(error, request)
 
     async def on_queue_full(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, QueueFull)

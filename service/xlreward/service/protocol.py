@@ -4,24 +4,107 @@ Every request model forbids unknown fields, so a typo is a 422 that names the fi
 ignored option. The OpenAI-compatible requests instead refuse what they do not implement with a 400 that
 names the field, and let pass what changes nothing (OpenAI clients send fields we have no use for).
 Responses are parsed leniently, so that servers can grow.
+
+The requests' JSON schemas are the server's OpenAPI document, and tests/test_contract.py holds the server to
+it: a request the schema allows is served (or refused only for a reason no schema can state, such as a prompt
+longer than the model's context), and one it does not allow is refused with a 4xx. So request fields take
+JSON's types as they are (``"2"`` is not 2, ``0`` is not false), every text must be Unicode (a lone UTF-16
+surrogate is refused), and each field that costs work per character or per item is bounded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "user", "assistant", "tool"]
 
 # Responses ignore fields they do not know, so a newer server can add fields without breaking older clients.
 RESPONSE_CONFIG = ConfigDict(extra="ignore", frozen=True)
 
-
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # JSON's NaN/Infinity extensions are refused
-
 MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (OpenAI's chat limit, vLLM's default)
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# JSON's types as JSON Schema reads them: 2.0 is an integer and 2 a number, but true is neither, and "2" is a
+# string (pydantic's lax mode would take true and "2" for 2, and "yes" for true). NaN and Infinity, JSON
+# extensions, are refused.
+JSON_INTEGER = BeforeValidator(_json_integer)
+JsonInt = Annotated[int, JSON_INTEGER]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Bounds go before JSON_INTEGER: after it, pydantic writes them into the OpenAPI schema as "ge" and "le",
+# which JSON Schema does not know.
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), JSON_INTEGER]
+TokenLimit = Annotated[int, Field(ge=1), JSON_INTEGER]
+Id = str | JsonInt | None  # echoed back as given
+
+# Stop strings: how many, and how long each (stop sequences are words or markers; matching them costs work
+# per character on every step). 16 of 100,000 characters once grew a server by gigabytes.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+# An implicit reward is beta * (log-prob difference); a larger beta would overflow it to infinity, which JSON
+# cannot carry. Rewards are scaled in the tenths, not the thousands.
+MAX_BETA = 1000.0
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_at(data: Any) -> str | None:
+    """Where ``data`` (JSON as parsed) holds a string with a lone UTF-16 surrogate, e.g. "items[0].prompt",
+    or None. JSON's escapes can spell one ("\\ud800"), but it is no Unicode character: it cannot be encoded
+    as UTF-8, so neither a tokenizer nor a response could carry it. Iterative, so deep nesting cannot
+    exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return where or "the body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                    return f"a field name in {where or 'the body'}"
+                stack.append((f"{where}.{key}" if where else str(key), item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{at}]", item) for at, item in reversed(list(enumerate(value))))
+    return None
+
+
+class UnicodeRequest(BaseModel):
+    """A request body whose every string, field names included, must be Unicode text (checked once, at the
+    request's root, before the fields are validated)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise PydanticCustomError(
+                "lone_surrogate",
+                "{where} holds a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), which "
+                "is not Unicode text: send the character itself, or both halves of its surrogate pair",
+                {"where": where},
+            )
+        return data
 
 
 class ChatMessage(BaseModel):
@@ -33,7 +116,8 @@ class ChatMessage(BaseModel):
     content: str
 
 
-Prompt = Annotated[str | list[ChatMessage], Field(min_length=1)]
+NonEmptyText = Annotated[str, Field(min_length=1)]
+Prompt = NonEmptyText | Annotated[list[ChatMessage], Field(min_length=1)]
 
 
 # --- /reward -------------------------------------------------------------------------------------------
@@ -48,7 +132,7 @@ class RewardItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str | int | None = None
+    id: Id = None
     prompt: Prompt
     response: str
 
@@ -59,24 +143,30 @@ class RewardGroup(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str | int | None = None
+    id: Id = None
     prompt: Prompt
     responses: list[str] = Field(min_length=1)
 
 
-class RewardRequest(BaseModel):
+def _document_something_to_score(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"minItems": 1}}} for name in ("items", "groups")
+    ]
+
+
+class RewardRequest(UnicodeRequest):
     """``items`` and/or ``groups``; ``model``: which served reward model scores them (``GET /v1/models``
     lists them; default: the server's first); ``beta`` overrides an implicit model's reward scale for this
     request. ``truncate``: cut responses that do not fit the context instead of refusing them (413)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_something_to_score)
 
     model: str | None = None
     items: list[RewardItem] = Field(default_factory=list)
     groups: list[RewardGroup] = Field(default_factory=list)
-    beta: Annotated[FiniteFloat, Field(ge=0)] | None = None
-    truncate: bool = False
-    rendered: bool = Field(
+    beta: Annotated[FiniteFloat, Field(ge=0, le=MAX_BETA)] | None = None
+    truncate: StrictBool = False
+    rendered: StrictBool = Field(
         default=False,
         description="prompts are text already in the model's chat format (special tokens written out); "
         "each response is scored as it follows its prompt verbatim",
@@ -149,19 +239,25 @@ class RewardResponse(BaseModel):
 # --- /generate -----------------------------------------------------------------------------------------
 
 
-class SamplingParams(BaseModel):
+class SamplingParams(UnicodeRequest):
     """Sampling settings. ``temperature`` 0 is greedy; ``top_k`` None or 0 is off; ``seed`` makes the
-    samples of a prompt reproducible."""
+    samples of a prompt reproducible. ``max_tokens``: a limit the request sets must fit the model's context
+    after the prompt (else 400); left out, the default is cut to the room the prompt leaves."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n: int = Field(default=1, ge=1, le=64)
+    n: JsonInt = Field(default=1, ge=1, le=64)
     temperature: Annotated[FiniteFloat, Field(ge=0, le=10)] = 1.0
     top_p: Annotated[FiniteFloat, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    max_tokens: int = Field(default=256, ge=1)
-    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
-    seed: int | None = None
+    top_k: Annotated[int, Field(ge=0), JSON_INTEGER] | None = None
+    max_tokens: JsonInt = Field(default=256, ge=1)
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    seed: JsonInt | None = None
+
+    def max_tokens_asked(self) -> bool:
+        """Whether the request set ``max_tokens`` (refused when it does not fit) rather than leaving the
+        default (cut to fit)."""
+        return "max_tokens" in self.model_fields_set
 
 
 class GenerateRequest(SamplingParams):
@@ -169,11 +265,9 @@ class GenerateRequest(SamplingParams):
     (``raw``: as plain text, for base models)."""
 
     prompts: list[Prompt] = Field(min_length=1)
-    raw: bool = False
-    logprobs: int | None = Field(
+    raw: StrictBool = False
+    logprobs: TopLogprobs | None = Field(
         default=None,
-        ge=0,
-        le=MAX_TOP_LOGPROBS,
         description="return each completion token's log-prob with this many most likely alternatives "
         "(0: none); null: no log-probs",
     )
@@ -236,7 +330,7 @@ class BestOfNPrompt(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str | int | None = None
+    id: Id = None
     prompt: Prompt
     reward_prompt: Prompt | None = None
 
@@ -249,13 +343,13 @@ class BestOfNRequest(SamplingParams):
     ``truncate`` (on by default): a sample too long for the reward model's context is cut, and says so,
     instead of failing the request."""
 
-    n: int = Field(default=16, ge=1, le=64)
+    n: JsonInt = Field(default=16, ge=1, le=64)
     prompts: list[BestOfNPrompt] = Field(min_length=1)
     model: str | None = None
     sampler: str | None = None
     sampler_role: Literal["policy", "reference"] = "policy"
-    raw: bool = False
-    truncate: bool = True
+    raw: StrictBool = False
+    truncate: StrictBool = True
 
 
 class Candidate(BaseModel):
@@ -287,24 +381,33 @@ class BestOfNResponse(BaseModel):
 # --- OpenRLHF's remote reward model --------------------------------------------------------------------
 
 
-class OpenRLHFRewardRequest(BaseModel):
+class OpenRLHFRewardRequest(UnicodeRequest):
     """What OpenRLHF posts to ``--remote_rm_url``: per sample the whole sequence as decoded text (``query``:
     the rendered prompt, the response, any padding) and its rendered prompt; ``labels`` are its dataset
-    labels (unused by a reward model)."""
+    labels (unused by a reward model). ``prompts[i]`` pairs with ``query[i]``, which starts with it (a
+    request where they do not pair is refused with a 422, code "query_mismatch")."""
 
     model_config = ConfigDict(extra="ignore")
 
     query: list[str] = Field(min_length=1)
-    prompts: list[str]
+    prompts: list[NonEmptyText]
     labels: list[Any] | None = None
 
-    @model_validator(mode="after")
-    def _paired(self) -> OpenRLHFRewardRequest:
+    def mismatch(self) -> tuple[str, str] | None:
+        """Why the queries and prompts do not pair up, and where; None when they do."""
         if len(self.prompts) != len(self.query):
-            raise ValueError(
-                f"{len(self.query)} queries but {len(self.prompts)} prompts: give one prompt per query"
+            return (
+                f"{len(self.query)} queries but {len(self.prompts)} prompts: give one prompt per query",
+                "prompts",
             )
-        return self
+        for index, (query, prompt) in enumerate(zip(self.query, self.prompts, strict=True)):
+            if not query.startswith(prompt):
+                return (
+                    f"query[{index}] does not start with prompts[{index}]: OpenRLHF's query is the prompt "
+                    "followed by the response; send both as decoded from the same tokens",
+                    f"query[{index}]",
+                )
+        return None
 
 
 class OpenRLHFRewardResponse(BaseModel):
@@ -363,6 +466,20 @@ OPENAI_HARMLESS_FIELDS = frozenset(
 )
 
 
+def json_equal(left: Any, right: Any) -> bool:
+    """Equality of parsed JSON as JSON Schema's ``enum`` sees it: 0 equals 0.0, but false is not 0 (as it
+    is in Python), nor [false] [0]."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return left is right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(json_equal(left[key], right[key]) for key in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(json_equal, left, right))
+    if isinstance(left, int | float) and isinstance(right, int | float):
+        return left == right
+    return type(left) is type(right) and left == right
+
+
 def _refuse_extra(name: str, value: Any) -> UnsupportedField | None:
     """Why a field outside our schema is refused, or None when it changes nothing."""
     if name in OPENAI_HARMLESS_FIELDS:
@@ -370,7 +487,7 @@ def _refuse_extra(name: str, value: Any) -> UnsupportedField | None:
     inert = OPENAI_INERT_VALUES.get(name)
     if inert is None:
         return UnsupportedField(name, f"{name} is not supported by this server: drop it")
-    if value in inert:
+    if any(json_equal(value, accepted) for accepted in inert):
         return None
     shown = json.dumps(value)
     shown = shown if len(shown) <= 60 else shown[:60] + "..."
@@ -379,16 +496,69 @@ def _refuse_extra(name: str, value: Any) -> UnsupportedField | None:
     )
 
 
+# What the OpenAI routes serve, as their OpenAPI schemas state it. The models below accept more (any JSON in
+# the unsupported places) so that problems() can refuse each with a 400 that names it; the schema documents
+# only what is served, so a request it allows is never refused, and one it does not allow always is.
+EMPTY_VALUES: tuple[Any, ...] = (None, "", [])
+TEXT_CONTENT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                "required": ["type", "text"],
+            },
+        },
+    ],
+    "title": "Content",
+    "description": "the text, or text content parts (joined with newlines); no other part types",
+}
+
+
+def _document_chat_message(schema: dict[str, Any]) -> None:
+    schema["required"] = ["role", "content"]
+    schema["additionalProperties"] = {
+        "enum": list(EMPTY_VALUES),
+        "description": "other message fields (name, refusal, tool_calls...) only when empty",
+    }
+
+
+def _document_openai_extras(schema: dict[str, Any]) -> None:
+    """OpenAI's fields we accept without implementing them: each with the values that change nothing, and
+    the harmless ones with any value; no other field."""
+    properties = schema["properties"]
+    for name, values in OPENAI_INERT_VALUES.items():
+        properties[name] = {
+            "enum": list(values),
+            "description": "not implemented: only a value that changes nothing",
+        }
+    for name in sorted(OPENAI_HARMLESS_FIELDS):
+        properties[name] = {"description": "accepted and ignored: it changes nothing that is sampled"}
+    schema["additionalProperties"] = False
+
+
+def _document_chat_request(schema: dict[str, Any]) -> None:
+    _document_openai_extras(schema)
+    # top_logprobs alternatives come with the log-probs only.
+    schema["if"] = {
+        "properties": {"top_logprobs": {"type": "integer", "minimum": 1}},
+        "required": ["top_logprobs"],
+    }
+    schema["then"] = {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}
+
+
 class OpenAIChatMessage(BaseModel):
     """A chat message as OpenAI clients send it. ``content`` is a string or a list of content parts, of
     which only text parts are supported (joined with newlines, as vLLM joins them); "developer" is OpenAI's
     newer name for "system". Other fields are accepted only when empty: an assistant message echoed back
     from a response may carry ``refusal: null`` or ``tool_calls: null``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_chat_message)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Annotated[str | list[dict[str, Any]] | None, WithJsonSchema(TEXT_CONTENT_SCHEMA)] = None
 
     def problems(self, location: str) -> list[UnsupportedField]:
         found = [
@@ -396,7 +566,7 @@ class OpenAIChatMessage(BaseModel):
                 f"{location}.{name}", f"{location}.{name} is not supported by this server: drop it"
             )
             for name, value in (self.model_extra or {}).items()
-            if value not in (None, [], "")
+            if not any(json_equal(value, empty) for empty in EMPTY_VALUES)
         ]
         if self.content is None:
             found.append(
@@ -421,20 +591,24 @@ class OpenAIChatMessage(BaseModel):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=content)
 
 
-class _OpenAIRequest(BaseModel):
+class _OpenAIRequest(UnicodeRequest):
     # Fields outside the schema are kept (extra="allow") so that problems() can refuse each by name, or let
     # it pass when it changes nothing (OPENAI_INERT_VALUES, OPENAI_HARMLESS_FIELDS).
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_openai_extras)
 
     model: str | None = None
-    n: int = Field(default=1, ge=1, le=64)
+    n: JsonInt = Field(default=1, ge=1, le=64)
     temperature: Annotated[FiniteFloat, Field(ge=0, le=10)] = 1.0
     top_p: Annotated[FiniteFloat, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extension; -1 or 0 is off
-    max_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    top_k: Annotated[int, Field(ge=-1), JSON_INTEGER] | None = None  # vLLM's extension; -1 or 0 is off
+    max_tokens: TokenLimit | None = Field(
+        default=None, description="must fit the model's context after the prompt; left out: the default"
+    )
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    seed: JsonInt | None = None
+    stream: Annotated[
+        StrictBool, WithJsonSchema({"const": False, "description": "streaming is not supported"})
+    ] = False
 
     def problems(self) -> list[UnsupportedField]:
         """What in the request this server does not implement; the route refuses it with a 400."""
@@ -470,8 +644,8 @@ class CompletionsRequest(_OpenAIRequest):
     """``logprobs``: the log-prob of each completion token with this many alternatives (OpenAI allows up to
     5, we up to 20 as vLLM does)."""
 
-    prompt: str | list[str]
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)]
+    logprobs: TopLogprobs | None = None
 
     def native_logprobs(self) -> int | None:
         return self.logprobs
@@ -482,10 +656,12 @@ class ChatCompletionsRequest(_OpenAIRequest):
     value (different values are refused, not resolved silently). ``logprobs`` true returns each completion
     token's log-prob, with ``top_logprobs`` alternatives."""
 
+    model_config = ConfigDict(json_schema_extra=_document_chat_request)
+
     messages: list[OpenAIChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    max_completion_tokens: TokenLimit | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: TopLogprobs | None = None
 
     def problems(self) -> list[UnsupportedField]:
         found = super().problems()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xlreward.service.errors import ServiceError
+from xlreward.service.generation.turns import TurnPlan
 from xlreward.service.metrics import ServiceMetrics
 from xlreward.service.models_config import ModelSpec
 from xlreward.service.scheduler import BatchPlan, Scheduler, Unit
@@ -45,6 +46,8 @@ class LoadedModel:
 
 class ModelBatchPlan:
     """The scheduler's view of a model's forward plan: it offers units, the plan decides what fits."""
+
+    closes_early = False
 
     def __init__(self, plan: ForwardPlan) -> None:
         self.plan = plan
@@ -190,6 +193,7 @@ class Runtime:
             context=context,
             max_length=model.max_length,
             stop_token_ids=getattr(model, "item_tokenizer").stop_ids,  # noqa: B009
+            turn_s=self.settings.generation_turn_ms / 1000,
         )
 
     def sampler(self, name: str | None, role: str = "policy") -> tuple[Any, str]:
@@ -286,7 +290,10 @@ class Runtime:
     # --- the scheduler's runner (worker thread) ----------------------------------------------------
 
     def _run_units(self, units: Sequence[Unit], plan: BatchPlan) -> list[Any]:
-        """Runs one batch's plan (units of one model); per unit, its item's score or its group's scores."""
+        """Runs one batch's plan (units of one model); per unit, its item's score or its group's scores.
+        A generation turn (``generation.turns``) is a batch of its own: its work runs (and takes the lock)."""
+        if isinstance(plan, TurnPlan):
+            return [unit.payload() for unit in units]
         assert isinstance(plan, ModelBatchPlan)
         model: RewardModel = units[0].model.model
         with self.model_lock:

@@ -70,7 +70,11 @@ class Unit:
 
 
 class BatchPlan(Protocol):
-    """What a batch will run: takes units while they fit (the first always does)."""
+    """What a batch will run: takes units while they fit (the first always does). ``closes_early``: the
+    batch runs as soon as it holds its first unit, and is not a forward batch (a generation turn): it is
+    left out of the batch metrics and of the throughput that Retry-After is estimated from."""
+
+    closes_early: bool
 
     @property
     def padded_tokens(self) -> int: ...
@@ -86,6 +90,8 @@ class PlannedModel(Protocol):
 
 class LengthBudget:
     """Rows x longest row within ``max_tokens``: the plan of units that name no model."""
+
+    closes_early = False
 
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens
@@ -233,16 +239,20 @@ class Scheduler:
     def queued_items(self) -> int:
         return self._queues.items
 
-    def submit(self, tenant: str, units: list[Unit], timeout: float) -> Ticket[Any]:
-        """Queue a request's units; raises ``QueueFull`` rather than wait. Call from the event loop."""
+    def submit(
+        self, tenant: str, units: list[Unit], timeout: float, *, admitted: bool = False
+    ) -> Ticket[Any]:
+        """Queue a request's units; raises ``QueueFull`` rather than wait. Call from the event loop.
+        ``admitted``: the request already passed the queue's bound (a generation's later turns), so it is
+        queued whatever the queue holds."""
         loop = asyncio.get_running_loop()
         ticket: Ticket[Any] = Ticket(tenant, units, time.monotonic() + timeout, loop, loop.create_future())
         size = sum(unit.size for unit in units)
         with self._lock:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down: retry against another replica")
-            if self._queues.items + size > self._max_queue_items:
-                raise QueueFull(self._queues.items, self._max_queue_items, self._retry_after())
+            if not admitted and self._queues.items + size > self._max_queue_items:
+                raise QueueFull(self._queues.items, self._max_queue_items, self._retry_after(size))
             if not units:
                 ticket.finish()
                 return ticket
@@ -264,10 +274,13 @@ class Scheduler:
         if self._thread.is_alive():
             self._thread.join(timeout=60)
 
-    def _retry_after(self) -> int:
+    def _retry_after(self, size: int) -> int:
+        """Seconds until the queue has room for ``size`` more items at the recent scoring rate: when this
+        request would fit, not when the whole queue is drained (which overstated the wait many times)."""
         if self._items_per_second <= 0:
             return 1
-        return max(1, math.ceil(self._queues.items / self._items_per_second))
+        excess = self._queues.items + size - self._max_queue_items
+        return max(1, math.ceil(excess / self._items_per_second))
 
     # --- worker side -------------------------------------------------------------------------------
 
@@ -312,7 +325,7 @@ class Scheduler:
             for entry in queue:
                 if plan is None:
                     plan, model = self._new_plan(entry.unit), entry.unit.model
-                if entry.unit.model is model and not plan.add(entry.unit):
+                if entry.unit.model is model and (not plan.add(entry.unit) or plan.closes_early):
                     return True
         return False
 
@@ -361,8 +374,10 @@ class Scheduler:
             return
         elapsed = max(time.monotonic() - started, 1e-6)
         items = sum(entry.unit.size for entry in batch)
-        self._items_per_second = 0.8 * self._items_per_second + 0.2 * items / elapsed
-        if self._observer is not None:  # before the answers go out, so /metrics already counts this batch
+        if not plan.closes_early:
+            self._items_per_second = 0.8 * self._items_per_second + 0.2 * items / elapsed
+        if self._observer is not None and not plan.closes_early:
+            # before the answers go out, so /metrics already counts this batch
             self._observer(self._stats(batch, plan, elapsed))
         with self._lock:
             for entry, result in zip(batch, results, strict=True):

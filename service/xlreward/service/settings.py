@@ -93,7 +93,7 @@ class ServiceSettings(BaseSettings):
         default=None,
         ge=1,
         description="padded tokens per forward batch; unset: the engine's device default (4096 on CPU, "
-        "16384 on GPU), and 16384 for the server's coalescing",
+        "16384 on GPU)",
     )
     packed: bool = Field(
         default=False,
@@ -111,6 +111,15 @@ class ServiceSettings(BaseSettings):
     upstream_model: str | None = None
     upstream_api_key: str | None = None
     default_max_tokens: int = Field(default=256, ge=1, description="for OpenAI requests without max_tokens")
+    generation_timeout_s: float = Field(
+        default=1800.0, gt=0, description="a generation request's deadline (sampling runs for minutes)"
+    )
+    generation_turn_ms: float = Field(
+        default=50.0,
+        gt=0,
+        description="built-in sampling runs in turns of about this long (plus one step), and scoring "
+        "batches run between turns: the longest a scoring request waits behind a generation",
+    )
 
     @field_validator("policy", "reference", mode="before")
     @classmethod

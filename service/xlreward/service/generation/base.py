@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from xlreward.service.generation.errors import bad_prompt
+from xlreward.service.generation.turns import ModelTurns
 from xlreward.service.protocol import ChatMessage, GenerateRequest, GenerateResponse
 
 
@@ -15,7 +16,10 @@ class GenerationBackend(Protocol):
 
     name: str
 
-    async def generate(self, request: GenerateRequest) -> GenerateResponse: ...
+    async def generate(self, request: GenerateRequest, turns: ModelTurns | None = None) -> GenerateResponse:
+        """``turns``: where work on a model in this process runs (a backend that samples elsewhere, such
+        as an upstream server, ignores it)."""
+        ...
 
     async def aclose(self) -> None: ...
 

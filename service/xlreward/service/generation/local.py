@@ -1,14 +1,16 @@
-"""Sampling from the policy model in this process with transformers' ``generate``.
+"""Sampling from the policy model in this process.
 
-Each prompt gets one ``model.generate`` call that draws its ``n`` samples as one batch
-(``num_return_sequences``), run on a worker thread under the lock the scoring engine shares, so the event
-loop stays free and the model serves one caller at a time. Right before that call torch's RNG is seeded
-from (seed, prompt index), so with a seed a prompt's samples depend on the seed, its index, the prompt and
-the sampling settings only; without one it is seeded from the OS's randomness.
+Each prompt's ``n`` samples are one ``decode.DecodeJob``, run in turns of about ``turn_s`` seconds, each
+under the lock the scoring engine shares (and in the policy's adapter context). Where the turns run is the
+caller's: served, they queue in the scoring scheduler (``turns.SchedulerTurns``), so scoring waits for one
+turn at most and tenants take turns; elsewhere they run on a worker thread. With a seed a prompt's samples
+depend on the seed, its index, the prompt and the sampling settings only (``decode``); without one the seed
+comes from the OS's randomness.
 
-Completions end at any end-of-turn token (``stop_token_ids``, passed as ``eos_token_id``), at a stop string
-(transformers' ``stop_strings``; the text is then cut just before the first stop string, as OpenAI does) or
-after ``max_tokens`` tokens, clamped so that prompt + completion fits the model's context.
+Completions end at any end-of-turn token (``stop_token_ids``), at a stop string (the text is then cut just
+before the first stop string, as OpenAI does) or after ``max_tokens`` tokens. A ``max_tokens`` the request
+sets must fit the model's context after the prompt (else 400, as vLLM and OpenAI answer); the default is cut
+to fit.
 
 Asked for ``logprobs``, each distinct completion then gets one teacher-forced forward that scores its
 tokens under the model's raw distribution (``token_logprobs``), outside the decode loop.
@@ -21,13 +23,16 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import torch
 
 from xlreward.service.generation.base import chat_messages, first_stop, prompt_seed, raw_text
-from xlreward.service.generation.errors import bad_prompt, too_long
+from xlreward.service.generation.decode import DecodeJob, Sampling
+from xlreward.service.generation.errors import GenerationError, bad_prompt, too_long
 from xlreward.service.generation.token_logprobs import completion_logprobs
+from xlreward.service.generation.turns import ModelTurns, ThreadTurns
 from xlreward.service.protocol import (
     ChatMessage,
     Completion,
@@ -37,6 +42,9 @@ from xlreward.service.protocol import (
     TokenLogprob,
 )
 
+T = TypeVar("T")
+DEFAULT_TURN_S = 0.05
+
 
 class TransformersGenerator:
     """The built-in backend: the policy model in memory, shared with the scoring engine through ``lock``.
@@ -44,6 +52,7 @@ class TransformersGenerator:
     ``max_length`` is the model's context (prompt + completion); ``stop_token_ids`` are the tokens that end
     a turn (``xlreward.service.scoring.templating.end_of_turn_ids``). ``context``: what sampling runs in,
     under the lock (a policy that is one of several adapters over a shared base makes its adapter active).
+    ``turn_s``: how long one turn of sampling runs on the model before it is handed back.
     """
 
     name = "transformers"
@@ -59,6 +68,7 @@ class TransformersGenerator:
         max_length: int,
         stop_token_ids: frozenset[int],
         context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        turn_s: float = DEFAULT_TURN_S,
     ) -> None:
         if not stop_token_ids:
             raise ValueError("stop_token_ids is empty: give at least the tokenizer's EOS token")
@@ -67,22 +77,27 @@ class TransformersGenerator:
         self.model_name = model_name
         self.lock = lock
         self.context = context
+        self.turn_s = turn_s
         self.max_length = max_length
         self.stop_token_ids = stop_token_ids
-        self.device = model.get_input_embeddings().weight.device  # under a device map: the first layer's
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id: int = pad if pad is not None else min(stop_token_ids)
 
-    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+    async def generate(self, request: GenerateRequest, turns: ModelTurns | None = None) -> GenerateResponse:
+        """Samples every prompt, in ``turns`` (default: on a worker thread)."""
+        turns = turns or ThreadTurns()
         # Every prompt is rendered (and refused, if it must be) before any sampling starts.
         rendered = await asyncio.to_thread(self._render_all, request)
         results = []
         for index, prompt_ids in enumerate(rendered):
-            rows, completions = await asyncio.to_thread(self._sample, prompt_ids, request, index)
+            job = self._job(prompt_ids, request, index)
+            while not job.done:
+                await turns.run(partial(self._on_model, job.advance, self.turn_s), job.active_rows)
+            rows = job.rows * request.n if job.sampling.greedy else job.rows  # greedy: one row stands for n
+            completions = [self._completion(row, request.stop, job.sampling.max_new_tokens) for row in rows]
             if request.logprobs is not None:
-                completions = await asyncio.to_thread(
-                    self._with_logprobs, prompt_ids, rows, completions, request.logprobs
-                )
+                scored = partial(self._with_logprobs, prompt_ids, rows, completions, request.logprobs)
+                completions = await turns.run(partial(self._on_model, scored), len(rows))
             results.append(
                 GenerateResult(index=index, completions=completions, prompt_tokens=len(prompt_ids))
             )
@@ -94,7 +109,23 @@ class TransformersGenerator:
     # --- rendering -----------------------------------------------------------------------------------
 
     def _render_all(self, request: GenerateRequest) -> list[list[int]]:
-        return [self.render(prompt, index, raw=request.raw) for index, prompt in enumerate(request.prompts)]
+        rendered = [self.render(prompt, at, raw=request.raw) for at, prompt in enumerate(request.prompts)]
+        if request.max_tokens_asked():
+            for index, prompt_ids in enumerate(rendered):
+                self._check_room(len(prompt_ids), request.max_tokens, index)
+        return rendered
+
+    def _check_room(self, prompt_tokens: int, max_tokens: int, index: int) -> None:
+        room = self.max_length - prompt_tokens
+        if max_tokens > room:
+            raise GenerationError(
+                "too_long",
+                f"max_tokens={max_tokens} does not fit: prompts[{index}] is {prompt_tokens} tokens and the "
+                f"model's context {self.max_length}, which leaves room for {room}: ask for at most {room}, "
+                "or leave max_tokens out",
+                400,
+                "max_tokens",
+            )
 
     def render(self, prompt: str | Sequence[ChatMessage], index: int = 0, *, raw: bool = False) -> list[int]:
         """Prompt token ids: the chat template with the generation prompt, or (``raw``) the plain text."""
@@ -126,47 +157,24 @@ class TransformersGenerator:
 
     # --- sampling ------------------------------------------------------------------------------------
 
-    def _sample(
-        self, prompt_ids: list[int], request: GenerateRequest, index: int
-    ) -> tuple[list[list[int]], list[Completion]]:
-        """The generated rows (token ids, padded after their end) and their completions, one for one."""
-        max_new = min(request.max_tokens, self.max_length - len(prompt_ids))
-        greedy = request.temperature == 0
-        kwargs = self._generate_kwargs(request, max_new, greedy)
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        seed = prompt_seed(request.seed, index) if request.seed is not None else secrets.randbits(63)
-        with self.lock, self.context(), torch.inference_mode():
-            torch.manual_seed(seed)
-            output = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
-            )
-        rows: list[list[int]] = output[:, len(prompt_ids) :].tolist()
-        if greedy:  # one greedy run stands for all n: they would be identical
-            rows = rows[:1] * request.n
-        return rows, [self._completion(row, request.stop, max_new) for row in rows]
+    def _job(self, prompt_ids: list[int], request: GenerateRequest, index: int) -> DecodeJob:
+        sampling = Sampling(
+            n=request.n,
+            max_new_tokens=min(request.max_tokens, self.max_length - len(prompt_ids)),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            stops=tuple(request.stop),
+            seed=prompt_seed(request.seed, index) if request.seed is not None else secrets.randbits(63),
+        )
+        return DecodeJob(
+            self.model, prompt_ids, sampling, stop_token_ids=self.stop_token_ids, decode=self._decode
+        )
 
-    def _generate_kwargs(self, request: GenerateRequest, max_new: int, greedy: bool) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new,
-            "eos_token_id": sorted(self.stop_token_ids),
-            "pad_token_id": self.pad_token_id,
-        }
-        if greedy:
-            # transformers refuses num_return_sequences > 1 without sampling; sampling args would only warn.
-            kwargs["do_sample"] = False
-        else:
-            # Every knob is passed, top_k=0 included: what is left unset is filled from the model's
-            # generation_config and then transformers' defaults (top_k=50).
-            kwargs.update(
-                do_sample=True,
-                num_return_sequences=request.n,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                top_k=request.top_k or 0,
-            )
-        if request.stop:
-            kwargs.update(stop_strings=list(request.stop), tokenizer=self.tokenizer)
-        return kwargs
+    def _on_model(self, work: Callable[..., T], *args: Any) -> T:
+        """``work`` with the model to itself: under the lock, in the policy's context, without autograd."""
+        with self.lock, self.context(), torch.inference_mode():
+            return work(*args)
 
     def _completion(self, tokens: list[int], stops: Sequence[str], max_new: int) -> Completion:
         """One generated row (padded after its end) as text, finish reason and token count."""
@@ -196,13 +204,12 @@ class TransformersGenerator:
         """The completions with the log-probs of their ``num_tokens`` generated tokens (identical rows,
         as greedy sampling gives, are computed once)."""
         computed: dict[tuple[int, ...], list[TokenLogprob]] = {}
-        with self.lock, self.context(), torch.inference_mode():
-            for row, completion in zip(rows, completions, strict=True):
-                tokens = tuple(row[: completion.num_tokens])
-                if tokens not in computed:
-                    computed[tokens] = completion_logprobs(
-                        self.model, prompt_ids, list(tokens), top, self._decode_one
-                    )
+        for row, completion in zip(rows, completions, strict=True):
+            tokens = tuple(row[: completion.num_tokens])
+            if tokens not in computed:
+                computed[tokens] = completion_logprobs(
+                    self.model, prompt_ids, list(tokens), top, self._decode_one
+                )
         return [
             completion.model_copy(update={"logprobs": computed[tuple(row[: completion.num_tokens])]})
             for row, completion in zip(rows, completions, strict=True)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from xlreward.service.generation.base import chat_messages, prompt_seed, raw_text
 from xlreward.service.generation.errors import upstream_error
+from xlreward.service.generation.turns import ModelTurns
 from xlreward.service.protocol import (
     Completion,
     FinishReason,
@@ -96,7 +97,8 @@ class OpenAIUpstream:
         )
         self._slots = asyncio.Semaphore(max_concurrency)
 
-    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+    async def generate(self, request: GenerateRequest, turns: ModelTurns | None = None) -> GenerateResponse:
+        # Sampling happens on the upstream: nothing here takes a turn on (or the lock of) a local model.
         # Every prompt is checked before anything is sent.
         calls = [self._call(prompt, request, index) for index, prompt in enumerate(request.prompts)]
         tasks = [

@@ -38,12 +38,14 @@ async def best_of_n(
     """``n`` samples per prompt, scored by ``model`` and returned highest score first."""
     scorer = runtime.require_model(body.model)  # an unknown or loading reward model fails before sampling
     generator, sampler = runtime.sampler(body.sampler, body.sampler_role)
+    # What /generate takes; max_tokens only when the request sets it (a default is cut to fit, not refused).
+    given = {name for name in SamplingParams.model_fields if name != "max_tokens" or body.max_tokens_asked()}
     sampling = GenerateRequest(
         prompts=[entry.prompt for entry in body.prompts],
         raw=body.raw,
-        **{name: getattr(body, name) for name in SamplingParams.model_fields},  # what /generate takes
+        **{name: getattr(body, name) for name in given},
     )
-    samples = await run_generation(sampling, runtime, generator)
+    samples = await run_generation(sampling, runtime, request, tenant, generator)
     groups = [
         RewardGroup(
             prompt=entry.reward_prompt or entry.prompt, responses=[c.text for c in result.completions]

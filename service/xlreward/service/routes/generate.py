@@ -15,10 +15,11 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from xlreward.service.dependencies import RuntimeDep, TenantDep
 from xlreward.service.errors import ERROR_RESPONSES, ServiceError
+from xlreward.service.generation.turns import SchedulerTurns
 from xlreward.service.protocol import (
     ChatCompletionsRequest,
     CompletionsRequest,
@@ -26,24 +27,29 @@ from xlreward.service.protocol import (
     GenerateResponse,
     TokenLogprob,
 )
+from xlreward.service.routes.reward import wait_while_connected
 from xlreward.service.runtime import Runtime
 
 router = APIRouter()
 
 
 @router.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES)
-async def generate(body: GenerateRequest, runtime: RuntimeDep, tenant: TenantDep) -> GenerateResponse:
+async def generate(
+    body: GenerateRequest, http: Request, runtime: RuntimeDep, tenant: TenantDep
+) -> GenerateResponse:
     """``n`` completions for each prompt; reproducible for a fixed ``seed``."""
-    return await run_generation(body, runtime)
+    return await run_generation(body, runtime, http, tenant)
 
 
 @router.post("/v1/completions", responses=ERROR_RESPONSES)
-async def completions(body: CompletionsRequest, runtime: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
+async def completions(
+    body: CompletionsRequest, http: Request, runtime: RuntimeDep, tenant: TenantDep
+) -> dict[str, Any]:
     """OpenAI-compatible text completions: prompts are continued as plain text (no chat template)."""
     _refuse_unsupported(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     request = _native(body, runtime, prompts=prompts, raw=True)
-    response = await run_generation(request, runtime)
+    response = await run_generation(request, runtime, http, tenant)
     choices = [
         {
             "index": i * body.n + j,
@@ -59,12 +65,12 @@ async def completions(body: CompletionsRequest, runtime: RuntimeDep, tenant: Ten
 
 @router.post("/v1/chat/completions", responses=ERROR_RESPONSES)
 async def chat_completions(
-    body: ChatCompletionsRequest, runtime: RuntimeDep, tenant: TenantDep
+    body: ChatCompletionsRequest, http: Request, runtime: RuntimeDep, tenant: TenantDep
 ) -> dict[str, Any]:
     """OpenAI-compatible chat completions (``n`` > 1 supported; text content parts only)."""
     _refuse_unsupported(body)
     request = _native(body, runtime, prompts=[body.conversation()], raw=False)
-    response = await run_generation(request, runtime)
+    response = await run_generation(request, runtime, http, tenant)
     choices = [
         {
             "index": j,
@@ -78,9 +84,11 @@ async def chat_completions(
 
 
 async def run_generation(
-    request: GenerateRequest, runtime: Runtime, generator: Any | None = None
+    request: GenerateRequest, runtime: Runtime, http: Request, tenant: str, generator: Any | None = None
 ) -> GenerateResponse:
-    """Samples with ``generator`` (default: the server's backend)."""
+    """Samples with ``generator`` (default: the server's backend) as ``tenant``. Built-in sampling takes
+    its turns on the model through the scheduler, beside scoring: admitted against the queue's bound,
+    fair across tenants, within ``generation_timeout_s``, and stopped when the client goes away."""
     runtime.require_ready()
     count = len(request.prompts) * request.n
     limit = runtime.settings.max_items_per_request
@@ -106,7 +114,21 @@ async def run_generation(
             "upstream server's are not passed through): drop logprobs and top_logprobs",
             location="logprobs",
         )
-    result: GenerateResponse = await generator.generate(request)
+
+    async def client_gone() -> bool:
+        if await http.is_disconnected():
+            runtime.metrics.rejected.labels(reason="disconnected").inc()
+            return True
+        return False
+
+    turns = SchedulerTurns(
+        runtime.scheduler,
+        tenant,
+        runtime.settings.generation_timeout_s,
+        lambda ticket, timeout: wait_while_connected(http, runtime.scheduler, ticket, timeout),
+        client_gone,
+    )
+    result: GenerateResponse = await generator.generate(request, turns)
     return result
 
 
@@ -122,7 +144,12 @@ def _native(
     body: CompletionsRequest | ChatCompletionsRequest, runtime: Runtime, *, prompts: list[Any], raw: bool
 ) -> GenerateRequest:
     sampling = body.sampling(runtime.settings.default_max_tokens)
-    return GenerateRequest(prompts=prompts, raw=raw, **sampling)
+    request = GenerateRequest(prompts=prompts, raw=raw, **sampling)
+    if body.token_limit() is None:
+        # The server's default, not a limit the caller set: the backend cuts it to the room the prompt leaves
+        # instead of refusing it.
+        return GenerateRequest.model_construct(request.model_fields_set - {"max_tokens"}, **dict(request))
+    return request
 
 
 def _dump(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:

@@ -29,17 +29,14 @@ async def openrlhf_reward(
     model: str | None = None,
 ) -> OpenRLHFRewardResponse:
     """One reward per query, in order."""
-    items = []
-    for index, (query, prompt) in enumerate(zip(body.query, body.prompts, strict=True)):
-        if not query.startswith(prompt):
-            raise ServiceError(
-                422,
-                "invalid_request",
-                f"query[{index}] does not start with prompts[{index}]: OpenRLHF's query is the prompt "
-                "followed by the response; send both as decoded from the same tokens",
-                location=f"query[{index}]",
-            )
-        items.append(RewardItem(prompt=prompt, response=query[len(prompt) :]))
+    mismatch = body.mismatch()
+    if mismatch is not None:
+        message, location = mismatch
+        raise ServiceError(422, "query_mismatch", message, location=location)
+    items = [
+        RewardItem(prompt=prompt, response=query[len(prompt) :])
+        for query, prompt in zip(body.query, body.prompts, strict=True)
+    ]
     scoring = RewardRequest(model=model, items=items, rendered=True, truncate=True)
     scored = await score_request(scoring, request, runtime, tenant)
     rewards = [result.reward for result in scored.results]

@@ -55,7 +55,17 @@ async def list_models(runtime: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", responses=ERROR_RESPONSES)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "metrics in Prometheus' text format",
+        },
+    },
+)
 async def metrics(runtime: RuntimeDep, tenant: TenantDep) -> Response:
     """Prometheus metrics; a scraper sends a key like any client (Prometheus' ``authorization`` setting)."""
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
