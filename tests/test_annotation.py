@@ -79,7 +79,7 @@ def broker() -> Iterator[str]:
 
 @contextmanager
 def workers(count: int, log_dir: Path, broker_url: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = {**os.environ, "XLREWARD_BROKER_URL": broker_url, "XLREWARD_VISIBILITY_TIMEOUT_S": "3"}
+    env = {**os.environ, "XLREWARD_BROKER_URL": broker_url}
     processes = [start_worker(log_dir, env, n) for n in range(count)]
     try:
         yield processes
@@ -205,7 +205,7 @@ def test_workers_survive_sigkill_mid_run_and_a_service_restart(llama_pair, broke
             wait_for(lambda: scored_units(broker) >= 3, "the first units are scored")
             os.killpg(procs[0].pid, signal.SIGKILL)  # mid-run: it holds an unacknowledged task
             procs[0].wait()
-            env = {**os.environ, "XLREWARD_BROKER_URL": broker, "XLREWARD_VISIBILITY_TIMEOUT_S": "3"}
+            env = {**os.environ, "XLREWARD_BROKER_URL": broker}
             procs.append(start_worker(tmp_path, env, 2))
         # The service is down now, with work left: the workers' clients retry until it is back.
         assert scored_units(broker) < units

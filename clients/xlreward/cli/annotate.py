@@ -15,6 +15,7 @@ SETTING_FLAGS = {
     "max_tokens": "max_tokens",
     "mode": "reward_mode",
 }
+STATUS_EVERY_S = 10.0  # without a terminal (a Job's log), the run's counts at most this often
 
 
 def register(commands: Any) -> None:
@@ -122,20 +123,63 @@ def _run_with_workers(plan: Any, settings: Any, args: argparse.Namespace) -> int
     from xlreward.worker.celery_app import create_celery
 
     _say(f"dispatching to Celery workers through {settings.broker_url}")
+    app = create_celery(settings)
     try:
-        sent = dispatch(plan, create_celery(settings))
+        sent = dispatch(plan, app)
     except Exception as error:  # kombu/redis connection errors have no common public base
         raise CommandError(f"cannot reach the broker at {settings.broker_url}: {error}") from None
-    _say(f"{sent} of {len(plan.jobs)} units sent to the workers (run {plan.spec.run_id})")
+    others = "; the others are finished, queued or running already" if sent < len(plan.jobs) else ""
+    _say(f"{sent} of {len(plan.jobs)} units sent to the workers (run {plan.spec.run_id}){others}")
     if not args.wait:
         _say("re-run the same command with --wait to follow the run and write the pairs")
         return 0
-    with _bar(plan) as bar:
-        try:
-            wait_for_units(plan, bar.update, timeout=args.timeout)
-        except TimeoutError as error:
-            raise CommandError(f"{error}; re-run to resume") from None
+    follow_run(
+        lambda progress, report: wait_for_units(
+            plan, app, progress, args.timeout, report=report, broker_wait_s=settings.broker_wait_s
+        )
+    )
     return _finish(plan)
+
+
+def follow_run(wait: Any, command: str = "annotate", desc: str = "annotating") -> None:
+    """Runs ``wait(progress, report)`` (a Celery run's waiter, ``xlreward.worker.follow``) under a progress
+    bar: units done, and in flight / queued / re-dispatched beside it. Without a terminal (a Job's log) the
+    same counts go out as a line whenever they change, and each re-dispatch as a line of its own. Exits
+    2 on a timeout, a broker that stays away or units that failed, saying how to resume."""
+    import shlex
+    import time
+
+    from tqdm import tqdm
+
+    from xlreward.cli.main import CommandError
+    from xlreward.worker.follow import BrokerUnavailable, RunStatus, UnitsFailed
+
+    resume = shlex.join(["xlreward", *sys.argv[1:]])
+    last: dict[str, Any] = {"line": "", "at": 0.0}
+
+    def say(message: str) -> None:
+        tqdm.write(f"xlreward {command}: {message}", file=sys.stderr)
+
+    def report(status: RunStatus) -> None:
+        bar.total, bar.n = status.total, status.done
+        bar.set_postfix_str(status.describe(), refresh=True)
+        if status.note:
+            say(status.note)
+        line = f"{status.done}/{status.total} done, {status.describe()}"
+        if bar.disable and line != last["line"] and time.monotonic() - last["at"] > STATUS_EVERY_S:
+            say(line)
+            last.update(line=line, at=time.monotonic())
+
+    with tqdm(unit="unit", desc=desc, disable=None) as bar:
+        try:
+            final = wait(lambda _: None, report)
+        except TimeoutError as error:
+            raise CommandError(f"{error}; re-run to resume: {resume}") from None
+        except BrokerUnavailable as error:
+            raise CommandError(f"{error}; once Redis is back, resume with: {resume}") from None
+        except UnitsFailed as error:
+            raise CommandError(f"{error}: {resume}") from None
+    say(f"all {final.total} units done ({final.redispatched} re-dispatched on the way)")
 
 
 def _finish(plan: Any) -> int:

@@ -132,24 +132,28 @@ def _run_embedded(plan: Any, settings: Any) -> int:
 
 
 def _run_with_workers(plan: Any, settings: Any, args: argparse.Namespace) -> int:
+    from xlreward.cli.annotate import follow_run
     from xlreward.cli.main import CommandError
     from xlreward.worker.best_of_n import dispatch, wait_for_units
     from xlreward.worker.celery_app import create_celery
 
     _say(f"dispatching to Celery workers through {settings.broker_url}")
+    app = create_celery(settings)
     try:
-        sent = dispatch(plan, create_celery(settings))
+        sent = dispatch(plan, app)
     except Exception as error:  # kombu/redis connection errors have no common public base
         raise CommandError(f"cannot reach the broker at {settings.broker_url}: {error}") from None
     _say(f"{sent} of {len(plan.jobs)} units sent to the workers (run {plan.spec.run_id})")
-    if not args.wait and sent:
+    if not args.wait and plan.pending():
         _say("re-run the same command with --wait to follow the run and write the outputs")
         return 0
-    with _bar(plan) as bar:
-        try:
-            wait_for_units(plan, bar.update, timeout=args.timeout)
-        except TimeoutError as error:
-            raise CommandError(f"{error}; re-run to resume") from None
+    follow_run(
+        lambda progress, report: wait_for_units(
+            plan, app, progress, args.timeout, report=report, broker_wait_s=settings.broker_wait_s
+        ),
+        command="best-of-n",
+        desc="best-of-n",
+    )
     return _finish(plan)
 
 

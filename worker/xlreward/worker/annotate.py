@@ -2,8 +2,10 @@
 
 Embedded (no broker): the same unit code runs in this process, a few units at a time so that the reward
 service batches them. With a broker: units go to Celery workers through Redis, and results come back
-through the Redis store. Either way the run is keyed by its spec, results are written once per unit,
-and the outputs are rebuilt from the store, so a re-run redoes nothing and writes nothing twice.
+through the Redis store, mirrored into the output folder by the waiting run (``follow``), which also
+re-sends the units of dead workers and those a restarted Redis forgot. Either way the run is keyed by its
+spec, results are written once per unit, and the outputs are rebuilt from the store, so a re-run redoes
+nothing and writes nothing twice.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import hashlib
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlreward.worker.instructions import InstructionSet, load_instructions
 from xlreward.worker.jobs import RunSpec, UnitJob
@@ -27,9 +28,12 @@ from xlreward.worker.pipeline import GENERATED, SCORED, run_generation, run_unit
 from xlreward.worker.settings import WorkerSettings
 from xlreward.worker.store import ResultStore, open_store, unit_key
 
+if TYPE_CHECKING:
+    from xlreward.worker.follow import RunStatus, TrackedRun
+
 EMBEDDED_CONCURRENCY = 4
-POLL_S = 0.5
 Progress = Callable[[int], Any]
+Report = Callable[["RunStatus"], Any]
 
 
 class RunConflict(ValueError):
@@ -139,43 +143,59 @@ def run_embedded(plan: RunPlan, client: Any, progress: Progress, *, generate_onl
             progress(1)
 
 
-def dispatch(plan: RunPlan, celery_app: Any, *, generate_only: bool = False) -> int:
-    """Sends each pending unit to its next step: generation, or scoring if its samples are stored.
-    ``generate_only``: only the units without samples, to be sampled and left unscored."""
+def tracked(plan: RunPlan, celery_app: Any, *, generate_only: bool = False) -> TrackedRun:
+    """The run as ``follow`` sees it: done when scored (``generate_only``: when sampled); a unit goes to
+    scoring if its samples are stored, else to generation."""
     from xlreward.worker.celery_app import ANNOTATION_QUEUE, GENERATE_TASK, GENERATION_QUEUE, SCORE_TASK
+    from xlreward.worker.follow import TrackedRun, tracked_store
 
-    generated = plan.store.keys(GENERATED)
-    pending = plan.pending(GENERATED if generate_only else SCORED)
-    for job in pending:
-        payload = job.model_copy(update={"score_after_generation": not generate_only}).model_dump()
-        if job.key in generated:
-            celery_app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE)
-        else:
-            celery_app.send_task(GENERATE_TASK, args=[payload], queue=GENERATION_QUEUE)
-    return len(pending)
+    jobs = {job.key: job for job in plan.jobs}
+    kind = GENERATED if generate_only else SCORED
+
+    def send(units: list[str]) -> None:
+        generated = plan.store.keys(GENERATED)
+        for unit in units:
+            job = jobs[unit]
+            payload = job.model_copy(update={"score_after_generation": not generate_only}).model_dump()
+            if unit in generated:
+                celery_app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE)
+            else:
+                celery_app.send_task(GENERATE_TASK, args=[payload], queue=GENERATION_QUEUE)
+
+    return TrackedRun(
+        units=list(jobs),
+        store=tracked_store(plan.store),
+        kinds=(GENERATED, SCORED),
+        finished=lambda: plan.store.keys(kind),
+        send=send,
+        out_dir=plan.out_dir,
+    )
+
+
+def dispatch(plan: RunPlan, celery_app: Any, *, generate_only: bool = False) -> int:
+    """Sends each unfinished unit that is not queued or running already to its next step (generation, or
+    scoring if its samples are stored); returns how many. ``generate_only``: sample, leave unscored."""
+    from xlreward.worker.follow import dispatch_units
+
+    return dispatch_units(tracked(plan, celery_app, generate_only=generate_only))
 
 
 def wait_for_units(
-    plan: RunPlan, progress: Progress, timeout: float | None = None, kind: str = SCORED
-) -> None:
-    """Polls the store until every unit is scored (``kind`` GENERATED: has its samples)."""
-    poll_until_done(len(plan.jobs), lambda: len(plan.pending(kind)), progress, timeout)
+    plan: RunPlan,
+    celery_app: Any,
+    progress: Progress,
+    timeout: float | None = None,
+    *,
+    generate_only: bool = False,
+    report: Report | None = None,
+    broker_wait_s: float = WorkerSettings.model_fields["broker_wait_s"].default,
+) -> RunStatus:
+    """Follows the dispatched run until every unit is scored (``generate_only``: has its samples),
+    re-sending lost units (``follow.follow``); returns the final status."""
+    from xlreward.worker.follow import follow
 
-
-def poll_until_done(
-    total: int, unfinished: Callable[[], int], progress: Progress, timeout: float | None
-) -> None:
-    """Polls ``unfinished()`` (units of ``total`` not done yet) until it is 0, reporting each newly done
-    unit to ``progress``; TimeoutError after ``timeout`` seconds."""
-    seen = total - unfinished()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while seen < total:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{total - seen} units still unfinished after {timeout:.0f} s")
-        time.sleep(POLL_S)
-        done = total - unfinished()
-        progress(done - seen)
-        seen = done
+    run = tracked(plan, celery_app, generate_only=generate_only)
+    return follow(run, progress, timeout, report, broker_wait_s)
 
 
 def collect(plan: RunPlan) -> dict[str, Any]:
@@ -215,8 +235,9 @@ def run_to_completion(
     if settings.broker_url:
         from xlreward.worker.celery_app import create_celery
 
-        dispatch(plan, create_celery(settings))
-        wait_for_units(plan, progress, timeout=timeout)
+        app = create_celery(settings)
+        dispatch(plan, app)
+        wait_for_units(plan, app, progress, timeout=timeout, broker_wait_s=settings.broker_wait_s)
     else:
         with embedded_client(settings) as client:
             run_embedded(plan, client, progress)
@@ -231,8 +252,11 @@ def generate_to_completion(
     if settings.broker_url:
         from xlreward.worker.celery_app import create_celery
 
-        dispatch(plan, create_celery(settings), generate_only=True)
-        wait_for_units(plan, progress, timeout=timeout, kind=GENERATED)
+        app = create_celery(settings)
+        dispatch(plan, app, generate_only=True)
+        wait_for_units(
+            plan, app, progress, timeout=timeout, generate_only=True, broker_wait_s=settings.broker_wait_s
+        )
         return
     with embedded_client(settings) as client:
         run_embedded(plan, client, progress, generate_only=True)

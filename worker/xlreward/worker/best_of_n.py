@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -36,16 +36,19 @@ from xlreward.service.protocol import BestOfNRequest
 from xlreward.worker.annotate import (
     EMBEDDED_CONCURRENCY,
     Progress,
+    Report,
     bind_out_dir,
     embedded_client,
     instructions_digest,
-    poll_until_done,
     write_atomically,
 )
 from xlreward.worker.instructions import InstructionSet, load_instructions
 from xlreward.worker.jobs import RunSpec, cross_lingual_prompt
 from xlreward.worker.settings import WorkerSettings
 from xlreward.worker.store import ResultStore, open_store, unit_key
+
+if TYPE_CHECKING:
+    from xlreward.worker.follow import RunStatus, TrackedRun
 
 RewardPrompt = Literal["prompt", "english"]
 RequestedRewardPrompt = Literal["auto", "prompt", "english"]
@@ -368,18 +371,47 @@ def run_embedded(plan: BestOfNPlan, client: RewardClient, progress: Progress) ->
             progress(1)
 
 
-def dispatch(plan: BestOfNPlan, celery_app: Any) -> int:
+def tracked(plan: BestOfNPlan, celery_app: Any) -> TrackedRun:
+    """The run as ``follow`` sees it: one task per unit, done when every model has scored it."""
     from xlreward.worker.celery_app import BEST_OF_N_TASK, GENERATION_QUEUE
+    from xlreward.worker.follow import TrackedRun, tracked_store
 
-    pending = plan.pending()
-    for job in pending:
-        celery_app.send_task(BEST_OF_N_TASK, args=[job.model_dump()], queue=GENERATION_QUEUE)
-    return len(pending)
+    jobs = {job.key: job for job in plan.jobs}
+    kinds = [scores_kind(i) for i in range(len(plan.spec.models))]
+
+    def send(units: list[str]) -> None:
+        for unit in units:
+            celery_app.send_task(BEST_OF_N_TASK, args=[jobs[unit].model_dump()], queue=GENERATION_QUEUE)
+
+    return TrackedRun(
+        units=list(jobs),
+        store=tracked_store(plan.store),
+        kinds=(SAMPLED, *kinds),
+        finished=lambda: set.intersection(*(plan.store.keys(kind) for kind in kinds)),
+        send=send,
+        out_dir=plan.out_dir,
+    )
 
 
-def wait_for_units(plan: BestOfNPlan, progress: Progress, timeout: float | None = None) -> None:
-    """Polls the store until every model has scored every unit."""
-    poll_until_done(len(plan.jobs), lambda: len(plan.pending()), progress, timeout)
+def dispatch(plan: BestOfNPlan, celery_app: Any) -> int:
+    """Sends the unfinished units that are not queued or running already (``follow.dispatch_units``)."""
+    from xlreward.worker.follow import dispatch_units
+
+    return dispatch_units(tracked(plan, celery_app))
+
+
+def wait_for_units(
+    plan: BestOfNPlan,
+    celery_app: Any,
+    progress: Progress,
+    timeout: float | None = None,
+    report: Report | None = None,
+    broker_wait_s: float = WorkerSettings.model_fields["broker_wait_s"].default,
+) -> RunStatus:
+    """Follows the run until every model has scored every unit, re-sending lost units (``follow``)."""
+    from xlreward.worker.follow import follow
+
+    return follow(tracked(plan, celery_app), progress, timeout, report, broker_wait_s)
 
 
 def run_to_completion(
@@ -389,8 +421,9 @@ def run_to_completion(
     if settings.broker_url:
         from xlreward.worker.celery_app import create_celery
 
-        dispatch(plan, create_celery(settings))
-        wait_for_units(plan, progress, timeout=timeout)
+        app = create_celery(settings)
+        dispatch(plan, app)
+        wait_for_units(plan, app, progress, timeout=timeout, broker_wait_s=settings.broker_wait_s)
     elif plan.pending():
         with embedded_client(settings) as client:
             run_embedded(plan, client, progress)

@@ -2,14 +2,18 @@
 redelivery on worker loss (the tasks are idempotent), prefetch 1, one queue for generation and one for
 annotation (scoring). A best-of-n unit (sample once, score with every model) is one task on the
 generation queue. Task events (for Flower) when ``XLREWARD_EVENTS`` / ``xlreward worker --events`` asks.
-Celery's own command line finds this app, built from the environment, as ``celery -A xlreward.worker.app``."""
+Celery's own command line finds this app, built from the environment, as ``celery -A xlreward.worker.app``.
+
+Each task holds its unit's lease while it runs (``leases``): the visibility timeout stays long (a healthy
+unit may run for many minutes), and it is the waiting run that re-sends a dead worker's unit, once its
+lease lapses, instead of the broker an hour later."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
 from xlreward.client import (
     APIConnectionError,
@@ -20,6 +24,7 @@ from xlreward.client import (
 )
 from xlreward.worker.best_of_n import BestOfNJob, run_best_of_n_unit
 from xlreward.worker.jobs import UnitJob
+from xlreward.worker.leases import Lease, UnitMarks
 from xlreward.worker.pipeline import run_generation, run_scoring
 from xlreward.worker.settings import WorkerSettings
 from xlreward.worker.store import RedisStore
@@ -90,26 +95,41 @@ def _register_tasks(app: Celery, settings: WorkerSettings) -> None:
         client = _client(job.service_url, settings.service_api_key, settings.service_retries)
         return job, RedisStore(job.store_url, job.store_id), client
 
-    @app.task(name=GENERATE_TASK, **retry_options)
-    def generate(payload: dict[str, Any]) -> None:
+    @app.task(name=GENERATE_TASK, bind=True, **retry_options)
+    def generate(task: Task, payload: dict[str, Any]) -> None:
         """Sample the unit's responses, then hand it to the annotation queue (unless it is a generation-only
         unit)."""
         job, store, client = context(payload)
-        run_generation(job, store, client)
-        if job.score_after_generation:
-            app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE)
+        with lease(task, store, job.key) as held:
+            run_generation(job, store, client)
+            if job.score_after_generation:
+                held.hand_over(lambda: app.send_task(SCORE_TASK, args=[payload], queue=ANNOTATION_QUEUE))
 
-    @app.task(name=SCORE_TASK, **retry_options)
-    def score(payload: dict[str, Any]) -> None:
+    @app.task(name=SCORE_TASK, bind=True, **retry_options)
+    def score(task: Task, payload: dict[str, Any]) -> None:
         """Score the unit's samples against its reward prompt."""
         job, store, client = context(payload)
-        run_scoring(job, store, client)
+        with lease(task, store, job.key):
+            run_scoring(job, store, client)
 
-    @app.task(name=BEST_OF_N_TASK, **retry_options)
-    def best_of_n(payload: dict[str, Any]) -> None:
+    @app.task(name=BEST_OF_N_TASK, bind=True, **retry_options)
+    def best_of_n(task: Task, payload: dict[str, Any]) -> None:
         """Sample a best-of-n unit's candidates once and score them with every model (idempotent: each
         step is stored once)."""
         job = BestOfNJob.model_validate(payload)
         assert job.store_url is not None, "Celery units keep their results in Redis"
         client = _client(job.service_url, settings.service_api_key, settings.service_retries)
-        run_best_of_n_unit(job, RedisStore(job.store_url, job.store_id), client)
+        store = RedisStore(job.store_url, job.store_id)
+        with lease(task, store, job.key):
+            run_best_of_n_unit(job, store, client)
+
+
+def lease(task: Task, store: RedisStore, unit: str) -> Lease:
+    """The unit's lease for this task; after an error, the unit is queued again if Celery will retry the
+    task (autoretry_for, retries left), else failed."""
+
+    def will_retry(error: BaseException) -> bool:
+        retries_left = task.max_retries is None or task.request.retries < task.max_retries
+        return isinstance(error, TRANSIENT) and retries_left
+
+    return UnitMarks(store.client, store.prefix).hold(unit, will_retry)

@@ -40,8 +40,16 @@ class WorkerSettings(BaseSettings):
     service_url: str = "http://127.0.0.1:8000"
     service_api_key: str | None = None
     service_retries: int = Field(default=8, ge=0, description="client retries on 429/503/connection errors")
+    # Long, because a healthy unit may run for many minutes; a dead worker's unit is re-sent much sooner
+    # by the waiting run, when the unit's lease lapses (xlreward.worker.leases).
     visibility_timeout_s: int = Field(
-        default=3600, ge=1, description="seconds before an unacknowledged task is redelivered"
+        default=3600, ge=1, description="seconds before the broker redelivers an unacknowledged task"
+    )
+    broker_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long a waiting run (annotate/best-of-n --wait, the loop) rides out an unreachable "
+        "broker before it gives up, saying how to resume",
     )
     task_retries: int = Field(default=20, ge=0, description="Celery retries after the client gives up")
     # Off by default, like Celery's -E. Cheap when on: a few small messages per task, which Redis drops
