@@ -10,7 +10,7 @@ What broke before: ``[train]`` restated the options with its own defaults, so a 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import pytest
@@ -113,8 +113,17 @@ def test_an_iteration_trains_as_xlreward_train_does(
     cli = train_command.options_from_args(train_args(tmp_path, *flags))
     config = load_iterate(tmp_path, train_section)
     loop = train_options(config, config.iteration_dir(0) / "train", config.policy)
-    assert loop == cli
+    # The one option the loop sets differently unless [train] says: it skips (and counts) the pairs of its
+    # own annotation that its trainer cannot take, rather than stop on them.
+    assert loop.skip_invalid and not cli.skip_invalid
+    assert loop == replace(cli, skip_invalid=True)
     assert loop.resolved_learning_rate == cli.resolved_learning_rate
+
+
+def test_train_skip_invalid_false_stops_the_loop_on_bad_pairs(tmp_path: Path) -> None:
+    train_args(tmp_path)  # the folders and the pairs file the options point at
+    config = load_iterate(tmp_path, "skip_invalid = false")
+    assert not train_options(config, config.iteration_dir(0) / "train", config.policy).skip_invalid
 
 
 def test_a_lora_iteration_resolves_to_the_lora_learning_rate(tmp_path: Path) -> None:
@@ -179,5 +188,6 @@ def test_the_demo_config_trains_as_before(tmp_path: Path) -> None:
         max_length=256,
         lora=False,
         seed=42,
+        skip_invalid=True,  # the loop's own default since 2026-12-04 (see train_options)
     )
     assert train_options(config, out, config.policy) == before
