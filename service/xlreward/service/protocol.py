@@ -77,7 +77,8 @@ def lone_surrogate_at(data: Any) -> str | None:
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            if _LONE_SURROGATE.search(value):
+            # isascii() is a fast C check that settles most text; only the rest is searched
+            if not value.isascii() and _LONE_SURROGATE.search(value):
                 return where or "the body"
         elif isinstance(value, dict):
             for key, item in reversed(value.items()):
