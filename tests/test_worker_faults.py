@@ -177,7 +177,9 @@ def test_a_broker_restarted_empty_mid_run_loses_no_finished_unit(service, broker
         for proc in procs:
             os.killpg(proc.pid, signal.SIGCONT)
         stderr = finish(run)
-    assert "no longer knew" in stderr, stderr
+    # Whether the waiter had to say it re-sent lost units depends on timing (every unit may be done before
+    # the workers are frozen); what must hold either way is below.
+    assert "Traceback" not in stderr, stderr
     assert_one_outcome_per_unit(out, units=units)
     sampled = service_calls(service, "/generate") - sampled_before
     assert sampled <= units + len(procs), (sampled, finished_before)
