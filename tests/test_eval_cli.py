@@ -170,8 +170,11 @@ def test_eval_reports_alpaca_evals_v1_lc_when_asked(
 
 
 def test_doctests_of_the_eval_command() -> None:
+    """--top-p's converter (``probability``) lives with the other bounded-number converters."""
     import doctest
 
-    from xlreward.cli import evaluate
+    from xlreward.cli import arg_types
 
-    assert doctest.testmod(evaluate).failed == 0
+    finder = doctest.DocTestFinder()
+    [test] = finder.find(arg_types.probability, "probability")
+    assert doctest.DocTestRunner().run(test).failed == 0 and test.examples

@@ -14,23 +14,8 @@ from typing import Any
 JUDGE_MODELS = ("model", "policy", "reference")  # --judge-model, --judge-policy, --judge-reference
 
 
-def probability(text: str) -> float:
-    """A number in (0, 1] (--top-p).
-
-    >>> probability("0.9")
-    0.9
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0 and at most 1, e.g. 0.9") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0 and at most 1, e.g. 0.9")
-    return value
-
-
 def register(commands: Any) -> None:
-    from xlreward.cli.arg_types import non_negative_float, positive_int
+    from xlreward.cli.arg_types import non_negative_float, positive_int, probability
     from xlreward.evaluation.lc_variants import DEFAULT_LC_VARIANT, DESCRIPTIONS, LC_VARIANTS
     from xlreward.evaluation.sampling import SamplingSettings
 
