@@ -93,9 +93,33 @@ def test_tenants_take_turns_so_a_flood_does_not_starve_a_small_request() -> None
 
     asyncio.run(main())
     scheduler.stop()
-    # The flood was queued first, yet B's item rides in the very next batch, beside A's first units.
-    assert runner.batches[1][:2] == ["flood0", "small0"] or runner.batches[1][:2] == ["small0", "flood0"]
+    # The flood was queued first, yet B's item leads the very next batch (B has been served the fewest
+    # tokens), and A's units fill the rest of it.
+    assert runner.batches[1][:2] == ["small0", "flood0"]
     assert len(runner.batches) >= 1 + 40 // 4
+
+
+def test_tenants_share_batches_by_tokens_served_not_by_units() -> None:
+    """Fair queueing is costed in tokens: while A's long units and B's short ones are both queued, B gets
+    about as many tokens into the batches as A (five 10-token units per 50-token unit of A's), and a
+    tenant's idle time earns it no credit to flood with later."""
+    runner = Recorder(hold_first=True)
+    scheduler = make(runner, max_batch_tokens=10_000)
+
+    async def main() -> None:
+        blocker = scheduler.submit("c", units("block", 1), timeout=10)
+        await asyncio.sleep(0.1)  # the blocker's batch is now running (held at the gate)
+        long = scheduler.submit("a", units("A", 20, length=50), timeout=10)
+        short = scheduler.submit("b", units("B", 100, length=10), timeout=10)
+        runner.gate.set()
+        await asyncio.gather(*(wait_for_ticket(scheduler, t, 10) for t in (blocker, long, short)))
+
+    asyncio.run(main())
+    scheduler.stop()
+    order = [payload for batch in runner.batches[1:] for payload in batch]
+    first_twelve = order[:12]
+    # tags: A pays 50 a unit, B 10; the smaller tag goes first, ties by name
+    assert first_twelve == ["A0", "B0", "B1", "B2", "B3", "B4", "A1", "B5", "B6", "B7", "B8", "B9"]
 
 
 def test_queue_bound_raises_queue_full_with_retry_after() -> None:

@@ -2,9 +2,9 @@
 
 Requests (``Ticket``) arrive from the event loop as lists of work units: a single item, or a group of
 responses sharing one prompt, each for one model. A worker thread closes a batch when its plan is full or
-the oldest unit has waited ``batch_wait`` seconds, fills it fairly (round-robin over tenants, one unit per
-turn, so a tenant with ten thousand queued items cannot hold back another tenant's one), runs it, and hands
-each request its results when its last unit is done.
+the oldest unit has waited ``batch_wait`` seconds, fills it fairly (the tenant served the fewest tokens so far
+offers the next unit, so a tenant with ten thousand queued items cannot hold back another tenant's one), runs
+it, and hands each request its results when its last unit is done.
 
 A batch holds units of one model, and the model's own planner decides what fits (``BatchPlan``): the
 scheduler offers it units until one does not fit, and the runner runs that plan as it is, so one
@@ -179,13 +179,23 @@ Observer = Callable[[BatchStats], None]
 
 @dataclass
 class _Queues:
-    """Per-tenant FIFO queues with a round-robin cursor; guarded by the scheduler's lock."""
+    """Per-tenant FIFO queues served in fair order (start-time fair queueing, costed in tokens); guarded by
+    the scheduler's lock.
+
+    Each tenant has a tag: the tokens it has been served, on a shared virtual clock. The tenant with the
+    smallest tag is offered the next unit, and its tag grows by that unit's tokens. A tenant that becomes
+    active starts at the clock (the tag of the last batch's first unit), so idle time earns no credit and a
+    tenant that sends one small item leads the next batch however much another tenant has queued. The tags
+    of a bounded set of tenants (the API keys' names) are kept."""
 
     by_tenant: dict[str, deque[BatchEntry]] = field(default_factory=dict)
     items: int = 0
-    turn: int = 0  # rotates which tenant is served first
+    tags: dict[str, float] = field(default_factory=dict)
+    clock: float = 0.0
 
     def push(self, ticket: Ticket[Any]) -> None:
+        if ticket.tenant not in self.by_tenant:
+            self.tags[ticket.tenant] = max(self.tags.get(ticket.tenant, 0.0), self.clock)
         queue = self.by_tenant.setdefault(ticket.tenant, deque())
         queue.extend(BatchEntry(ticket, index) for index in range(len(ticket.units)))
         self.items += sum(unit.size for unit in ticket.units)
@@ -197,13 +207,15 @@ class _Queues:
             del self.by_tenant[tenant]
         return entry
 
-    def tenants_in_turn(self) -> list[str]:
-        names = sorted(self.by_tenant)
-        if not names:
-            return []
-        start = self.turn % len(names)
-        self.turn += 1
-        return names[start:] + names[:start]
+    def charge(self, tenant: str, unit: Unit) -> None:
+        self.tags[tenant] = self.tags.get(tenant, self.clock) + sum(unit.lengths)
+
+    def next_tenant(self, skip: set[str]) -> str | None:
+        """The active tenant, not in ``skip``, with the smallest tag (ties: by name)."""
+        candidates = [tenant for tenant in self.by_tenant if tenant not in skip]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda tenant: (self.tags.get(tenant, self.clock), tenant))
 
 
 class Scheduler:
@@ -330,35 +342,29 @@ class Scheduler:
         return False
 
     def _take(self) -> tuple[list[BatchEntry], BatchPlan | None]:
-        """Fill one batch: round-robin over tenants, one unit per turn, as far as the plan of the first
-        unit's model takes them. A tenant whose next unit does not fit, or is for another model, sits out
-        the rest of this batch (its queue stays FIFO). Units of tickets that already ended (cancelled, past
-        their deadline) are dropped, never run."""
+        """Fill one batch in fair order (``_Queues``): the tenant served least so far offers its next unit,
+        as far as the plan of the first unit's model takes them. A tenant whose next unit does not fit, or
+        is for another model, sits out the rest of this batch (its queue stays FIFO). Units of tickets that
+        already ended (cancelled, past their deadline) are dropped, never run."""
         batch: list[BatchEntry] = []
         plan: BatchPlan | None = None
         model = None
         now = time.monotonic()
-        order = self._queues.tenants_in_turn()
         blocked: set[str] = set()
-        added = True
-        while added:
-            added = False
-            for tenant in order:
-                if tenant in blocked or tenant not in self._queues.by_tenant:
-                    continue
-                entry = self._queues.by_tenant[tenant][0]
-                if entry.ticket.done or entry.ticket.deadline < now:
-                    self._queues.pop(tenant)
-                    entry.ticket.finish(DeadlineExceeded("the request's deadline passed while it was queued"))
-                    added = True
-                    continue
-                if plan is None:
-                    plan, model = self._new_plan(entry.unit), entry.unit.model
-                if entry.unit.model is not model or not plan.add(entry.unit):
-                    blocked.add(tenant)
-                    continue
-                batch.append(self._queues.pop(tenant))
-                added = True
+        while (tenant := self._queues.next_tenant(blocked)) is not None:
+            entry = self._queues.by_tenant[tenant][0]
+            if entry.ticket.done or entry.ticket.deadline < now:
+                self._queues.pop(tenant)
+                entry.ticket.finish(DeadlineExceeded("the request's deadline passed while it was queued"))
+                continue
+            if plan is None:
+                plan, model = self._new_plan(entry.unit), entry.unit.model
+                self._queues.clock = self._queues.tags.get(tenant, self._queues.clock)
+            if entry.unit.model is not model or not plan.add(entry.unit):
+                blocked.add(tenant)
+                continue
+            self._queues.charge(tenant, entry.unit)
+            batch.append(self._queues.pop(tenant))
         return batch, plan
 
     def _run(self, batch: list[BatchEntry], plan: BatchPlan) -> None:
