@@ -5,6 +5,23 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
+
+Number = TypeVar("Number", int, float)
+
+
+def _bounded(
+    text: str, parse: Callable[[str], Number], accept: Callable[[Number], bool], wanted: str
+) -> Number:
+    """``text`` parsed, if ``accept`` takes the value; otherwise a message saying what to give."""
+    try:
+        value = parse(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give {wanted}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -13,13 +30,7 @@ def positive_int(text: str) -> int:
     >>> positive_int("4096")
     4096
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
-    return value
+    return _bounded(text, int, lambda value: value >= 1, "a whole number of 1 or more")
 
 
 def non_negative_float(text: str) -> float:
@@ -28,13 +39,12 @@ def non_negative_float(text: str) -> float:
     >>> non_negative_float("0.1")
     0.1
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of 0 or more, e.g. 0.1") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of 0 or more, e.g. 0.1")
-    return value
+    return _bounded(
+        text,
+        float,
+        lambda value: math.isfinite(value) and value >= 0,
+        "a finite number of 0 or more, e.g. 0.1",
+    )
 
 
 def probability(text: str) -> float:
@@ -43,10 +53,4 @@ def probability(text: str) -> float:
     >>> probability("0.9")
     0.9
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0 and at most 1, e.g. 0.9") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0 and at most 1, e.g. 0.9")
-    return value
+    return _bounded(text, float, lambda value: 0 < value <= 1, "a number above 0 and at most 1, e.g. 0.9")
