@@ -208,14 +208,14 @@ class _Queues:
         return entry
 
     def charge(self, tenant: str, unit: Unit) -> None:
-        self.tags[tenant] = self.tags.get(tenant, self.clock) + sum(unit.lengths)
+        self.tags[tenant] += sum(unit.lengths)  # an active tenant always has a tag (``push``)
 
     def next_tenant(self, skip: set[str]) -> str | None:
         """The active tenant, not in ``skip``, with the smallest tag (ties: by name)."""
         candidates = [tenant for tenant in self.by_tenant if tenant not in skip]
         if not candidates:
             return None
-        return min(candidates, key=lambda tenant: (self.tags.get(tenant, self.clock), tenant))
+        return min(candidates, key=lambda tenant: (self.tags[tenant], tenant))
 
 
 class Scheduler:
@@ -359,7 +359,7 @@ class Scheduler:
                 continue
             if plan is None:
                 plan, model = self._new_plan(entry.unit), entry.unit.model
-                self._queues.clock = self._queues.tags.get(tenant, self._queues.clock)
+                self._queues.clock = self._queues.tags[tenant]
             if entry.unit.model is not model or not plan.add(entry.unit):
                 blocked.add(tenant)
                 continue
