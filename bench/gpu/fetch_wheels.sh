@@ -11,5 +11,6 @@ rm -rf .gpu-wheels
     --python-version 3.12 --platform manylinux2014_x86_64 --implementation cp \
     "pydantic==$("$PY" -c 'import pydantic; print(pydantic.VERSION)')" \
     "pydantic-core==$("$PY" -c 'import pydantic_core; print(pydantic_core.__version__)')" \
-    annotated-types typing-inspection
+    "pydantic-settings==$("$PY" -c 'import importlib.metadata as m; print(m.version("pydantic-settings"))')" \
+    annotated-types typing-inspection python-dotenv
 ls -l .gpu-wheels

@@ -5,9 +5,8 @@
 # rows through flash varlen attention), then the llama3-8b bench (random weights of real shapes, bf16),
 # each under its own time limit (TESTS_S, BENCH_S; BENCH_GROUPS and ROWS size the bench), and leaves logs
 # and the bench's JSON in $OUT. The defaults total under 6 minutes, leaving a 15-minute device budget room
-# for the machine's start and one rerun. It exits non-zero if either step failed. Nothing here has run on
-# a GPU yet: expect the first call to find what the image's torch and transformers versions (2.11 and
-# 5.17 when last read) need changed.
+# for the machine's start and one rerun. It exits non-zero if either step failed. First run on an H200
+# on 2026-12-04 (torch 2.11.0+cu130, transformers 5.17.0): 150 s, both steps passed (bench/README.md).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
