@@ -125,11 +125,14 @@ def _register_tasks(app: Celery, settings: WorkerSettings) -> None:
 
 
 def lease(task: Task, store: RedisStore, unit: str) -> Lease:
-    """The unit's lease for this task; after an error, the unit is queued again if Celery will retry the
-    task (autoretry_for, retries left), else failed."""
+    """The unit's lease for this task; after an error, held until the retry starts if Celery will retry
+    the task (autoretry_for, retries left), else failed."""
 
-    def will_retry(error: BaseException) -> bool:
+    def will_retry(error: BaseException) -> float | None:
         retries_left = task.max_retries is None or task.request.retries < task.max_retries
-        return isinstance(error, TRANSIENT) and retries_left
+        if not (isinstance(error, TRANSIENT) and retries_left):
+            return None
+        # autoretry's backoff: a countdown drawn up to 2 ** retries seconds, capped at the maximum
+        return float(min(RETRY_BACKOFF_MAX_S, 2**task.request.retries))
 
     return UnitMarks(store.client, store.prefix).hold(unit, will_retry)

@@ -9,7 +9,11 @@ queues vanish in a broker restart, the states vanish with them, and the waiter n
 - ``queued``: a message for the unit's next step was sent (written AFTER sending, so a crash in between
   leaves the unit without a state, which is re-sent: a duplicate, never a loss);
 - ``running``: a task started it; the task also holds a lease key with a TTL that a heartbeat thread
-  renews until the task returns. Running without a lease means the worker died;
+  renews until the task returns. Running without a lease means the worker died. A task that failed and
+  will be retried leaves its lease to last the retry's longest countdown plus the TTL: Celery holds a
+  retry's message in the memory of the worker that fetched it, unacknowledged, until its countdown ends,
+  so if that worker dies the message waits out the visibility timeout, and the lapsed lease is what
+  tells the waiter to send the unit again;
 - ``failed``: a task gave up on it (a non-transient error, or its retries ran out), with the error;
 - no state: never sent, finished (a task that finishes its step deletes the state), or forgotten by
   a Redis that restarted empty.
@@ -21,6 +25,7 @@ costs a little time and nothing else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -50,6 +55,8 @@ for i, unit in ipairs(ARGV) do
 end
 """
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+# Extends the lease to ARGV[2] seconds if the caller (token ARGV[1]) still holds it.
+_EXTEND = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) end"
 
 
 class UnitMarks:
@@ -80,17 +87,23 @@ class UnitMarks:
             pipe.exists(self.lease_key(unit))
         return {unit for unit, alive in zip(units, pipe.execute(), strict=True) if alive}
 
-    def hold(self, unit: str, will_retry: Callable[[BaseException], bool]) -> Lease:
+    def hold(self, unit: str, will_retry: RetryWait) -> Lease:
         """The state and lease of a task working on ``unit`` (a context manager); ``will_retry(error)``:
-        whether the task queue runs the task again after it raises ``error``."""
+        None if the task queue will not run the task again after it raises ``error``, else the longest it
+        waits before it does, in seconds."""
         return Lease(self, unit, will_retry)
+
+
+# After a task raises: None if it will not run again, else the longest its retry waits, in seconds.
+RetryWait = Callable[[BaseException], float | None]
 
 
 class Lease:
     """Marks the unit running and renews its lease until the task returns; then the unit is finished
-    (state deleted), queued again (a retry, or ``hand_over`` to its next step) or failed."""
+    (state deleted), held for its retry (running, the lease lasting the retry's countdown), queued for its
+    next step (``hand_over``) or failed."""
 
-    def __init__(self, marks: UnitMarks, unit: str, will_retry: Callable[[BaseException], bool]) -> None:
+    def __init__(self, marks: UnitMarks, unit: str, will_retry: RetryWait) -> None:
         self.marks, self.unit, self.will_retry = marks, unit, will_retry
         holder = f"{socket.gethostname()}:{os.getpid()}"
         self.token = f"{holder}:{uuid.uuid4().hex}"
@@ -138,10 +151,16 @@ class Lease:
         with suppress(RedisError):  # as above
             if error is None:
                 self._finish()
-            elif self.will_retry(error):
-                self.marks.mark_queued([self.unit], self.token)
+            elif (wait := self.will_retry(error)) is not None:
+                self._hold_for_retry(wait)
             else:
                 self._fail(error)
+
+    def _hold_for_retry(self, wait: float) -> None:
+        """Keeps the lease (state running) until the retry starts and takes its own, or lapses if the
+        worker holding the retry dies first (see the module docstring)."""
+        seconds = math.ceil(wait) + LEASE_TTL_S
+        self.marks.client.eval(_EXTEND, 1, self.marks.lease_key(self.unit), self.token, seconds)
 
     def _finish(self) -> None:
         pipe = self.marks.client.pipeline(transaction=True)
