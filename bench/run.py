@@ -30,7 +30,14 @@ MEMORY_VOCAB = 128256  # Llama-3's vocabulary, for the log-prob memory stage
 
 # The engine as it was before the padding-aware planner and the CPU budget (issue 6): rows up to
 # ``response-head`` use it, and each later row changes one thing.
-BEFORE = {"max_batch_tokens": 16384, "chunk_size": 1024, "max_padding": 1.0, "padding_mask": True}
+# No cap on positions per forward then (``max_forward_tokens``: a number no batch reaches).
+BEFORE = {
+    "max_batch_tokens": 16384,
+    "chunk_size": 1024,
+    "max_padding": 1.0,
+    "padding_mask": True,
+    "max_forward_tokens": 1 << 40,
+}
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-batch-tokens", type=int, help="every engine row's budget (default: each row's own)"
     )
     parser.add_argument("--chunk-size", type=int, help="every engine row's chunk (default: each row's own)")
+    parser.add_argument(
+        "--max-forward-tokens",
+        type=int,
+        help="every engine row's positions per forward call (default: each row's own)",
+    )
     parser.add_argument("--clients", type=int, help="service row: concurrent clients (default 64)")
     parser.add_argument("--items-per-request", type=int, default=4, help="service row: items per request")
     parser.add_argument(
@@ -249,9 +261,10 @@ def run_token_rows(
 
 
 def row_config(row: Row, args: argparse.Namespace) -> dict[str, Any]:
-    """The row's EngineConfig fields, with --max-batch-tokens / --chunk-size overriding every row's."""
+    """The row's EngineConfig fields, with --max-batch-tokens / --chunk-size / --max-forward-tokens
+    overriding every row's."""
     config = dict(row.config)
-    for name in ("max_batch_tokens", "chunk_size"):
+    for name in ("max_batch_tokens", "chunk_size", "max_forward_tokens"):
         if getattr(args, name) is not None:
             config[name] = getattr(args, name)
     return config
@@ -685,6 +698,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "chunk_size": args.chunk_size,
             "max_batch_tokens": args.max_batch_tokens,
+            "max_forward_tokens": args.max_forward_tokens,
             "threads": args.threads,
             "baseline_batch_size": 3,
         },

@@ -66,9 +66,10 @@ class Sizes:
     concurrency: int = 64  # load: clients sending them
     items_per_request: int = 4  # load: small items per request
     queue_items: int = 16  # load: the server's queue bound (XLREWARD_MAX_QUEUE_ITEMS), when it starts one
-    latency_requests: int = 100  # fairness, generation: sequential one-item requests, alone and under load
+    latency_requests: int = 300  # fairness, generation: sequential one-item requests, alone and under load
     flood_loops: int = 48  # fairness: tenant A's concurrent loops
     flood_items: int = 16  # fairness: long items per flood request (truncated to the model's context)
+    flood_alone_s: float = 5.0  # fairness: the flood's scoring rate measured alone over this long
     generate_n: int = 64  # generation: completions per /generate
     generate_max_tokens: int = 960  # generation: the tiny model's 1024-token context less the prompt
     huge_body_mb: int = 100  # admission: the declared size of the body refused with 413
@@ -83,6 +84,7 @@ QUICK = Sizes(
     latency_requests=10,
     flood_loops=4,
     flood_items=2,
+    flood_alone_s=1.0,
     generate_n=8,
     generate_max_tokens=64,
     big_body_clients=2,
@@ -120,16 +122,34 @@ def percentiles(seconds: list[float]) -> dict[str, Any]:
     return {"count": len(ordered), "p50_s": rank(50), "p99_s": rank(99), "max_s": rank(100)}
 
 
-def resident_mb(target: Target) -> float | None:
-    """The server's resident memory from /metrics (``process_resident_memory_bytes``), in MB."""
+def metric_total(target: Target, name: str) -> float | None:
+    """The sum of a metric's samples over all its labels, from /metrics (None: not served)."""
     try:
         response = httpx.get(f"{target.url}/metrics", headers=target.headers(), timeout=30)
     except httpx.HTTPError:
         return None
-    for line in response.text.splitlines():
-        if line.startswith("process_resident_memory_bytes "):
-            return round(float(line.split()[1]) / 2**20, 1)
-    return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in response.text.splitlines()
+        if line.startswith((f"{name} ", f"{name}{{"))
+    ]
+    return sum(values) if values else None
+
+
+def scoring_rate(target: Target, during: Callable[[], None], others: int = 0) -> float | None:
+    """Items the server scored per second while ``during()`` ran, less ``others`` items that were not the
+    load's (from ``xlreward_batch_items``; None without /metrics)."""
+    before, started = metric_total(target, "xlreward_batch_items_sum"), time.perf_counter()
+    during()
+    after, seconds = metric_total(target, "xlreward_batch_items_sum"), time.perf_counter() - started
+    scored = _difference(after, before)
+    return None if scored is None else round((scored - others) / seconds, 2)
+
+
+def resident_mb(target: Target) -> float | None:
+    """The server's resident memory from /metrics (``process_resident_memory_bytes``), in MB."""
+    rss = metric_total(target, "process_resident_memory_bytes")
+    return None if rss is None else round(rss / 2**20, 1)
 
 
 def small_items(count: int) -> list[dict[str, str]]:
@@ -329,11 +349,27 @@ def run_fairness(target: Target, sizes: Sizes) -> dict[str, Any]:
     }
     alone = sequential_latencies(target, target.second_key, "/reward", one_item, sizes.latency_requests)
     with Background(target, sizes.flood_loops, lambda c: c.post("/reward", json=flood), target.key) as load:
-        flooded = sequential_latencies(target, target.second_key, "/reward", one_item, sizes.latency_requests)
+        # The flood's scoring rate alone, then while B measures (B's own one-item requests taken out):
+        # the models' throughput on it, and what serving B first costs it, to compare between settings.
+        alone_rate = scoring_rate(target, lambda: time.sleep(sizes.flood_alone_s))
+        flooded: dict[str, Any] = {}
+
+        def measure_b() -> None:
+            flooded.update(
+                sequential_latencies(target, target.second_key, "/reward", one_item, sizes.latency_requests)
+            )
+
+        beside_rate = scoring_rate(target, measure_b, others=sizes.latency_requests)
     return {
         "alone": alone,
         "under_flood": flooded,
-        "flood": {"loops": sizes.flood_loops, "items_per_request": sizes.flood_items, **load.summary()},
+        "flood": {
+            "loops": sizes.flood_loops,
+            "items_per_request": sizes.flood_items,
+            **load.summary(),
+            "items_per_s_alone": alone_rate,
+            "items_per_s_beside_b": beside_rate,
+        },
         "p99_ratio": _ratio(flooded["p99_s"], alone["p99_s"]),
         "target_ratio": FAIRNESS_TARGET_RATIO,
     }
@@ -522,11 +558,17 @@ def format_fairness(r: dict[str, Any]) -> str:
     flood = r["flood"]
     title = (
         f"fairness: tenant B's one-item /reward, alone and while tenant A floods ({flood['loops']} loops x "
-        f"{flood['items_per_request']} long items; the flood's answers {flood['statuses']})"
+        f"{flood['items_per_request']} long items; the flood's answers {flood['statuses']}; its items scored "
+        f"per second: {_per_s(flood.get('items_per_s_alone'))} alone, "
+        f"{_per_s(flood.get('items_per_s_beside_b'))} while B measures)"
     )
     rows = [latency_row("alone", r["alone"]), latency_row("A floods", r["under_flood"])]
     ratio = f"p99 ratio {r['p99_ratio']} (target <= {r['target_ratio']})"
     return "\n".join([title, table(LATENCY_HEADER, rows), ratio])
+
+
+def _per_s(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2f}"
 
 
 def format_generation(r: dict[str, Any]) -> str:

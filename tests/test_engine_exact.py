@@ -14,11 +14,12 @@ import torch
 
 from oracle import plain_logp
 from xlreward.service.protocol import ChatMessage, RewardItem
-from xlreward.service.scoring.batching import default_max_batch_tokens
+from xlreward.service.scoring.batching import default_max_batch_tokens, default_max_forward_tokens
 from xlreward.service.scoring.engine import EngineConfig, ScoringEngine
 from xlreward.service.scoring.errors import ModelPairError, UnsupportedModelError
 from xlreward.service.scoring.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
 from xlreward.service.scoring.logprobs import default_chunk_size
+from xlreward.service.scoring.padded import padded_positions, plan_padded
 from xlreward.trainer.tiny_models import TinySpec, build_tiny_pair
 
 LONG_RESPONSE = " ".join(f"step {i}: add {i} and {i + 1}." for i in range(25))  # several hundred tokens
@@ -102,6 +103,11 @@ def test_unset_settings_resolve_from_the_device_and_the_vocabulary(engine) -> No
     vocab = engine.policy.get_output_embeddings().weight.shape[0]
     assert engine.chunk_size == engine.config.chunk_size == default_chunk_size(vocab)
     assert engine.max_batch_tokens == engine.config.max_batch_tokens == default_max_batch_tokens("cpu")
+    assert (
+        engine.config.max_forward_tokens
+        == engine.core.max_forward_tokens
+        == default_max_forward_tokens("cpu")
+    )
     explicit = ScoringEngine(
         engine.policy,
         engine.reference,
@@ -113,17 +119,29 @@ def test_unset_settings_resolve_from_the_device_and_the_vocabulary(engine) -> No
         EngineConfig(max_padding=2.0)
 
 
-@pytest.mark.parametrize(("chunk_size", "max_batch_tokens"), [(1, 64), (7, 512), (4096, 1_000_000)])
-def test_chunk_size_and_batch_budget_do_not_change_scores(
-    engine, chunk_size: int, max_batch_tokens: int
+@pytest.mark.parametrize(
+    ("chunk_size", "max_batch_tokens", "max_forward_tokens"),
+    [(1, 64, None), (7, 512, 16), (4096, 1_000_000, 1 << 40)],
+)
+def test_chunk_size_batch_budget_and_forward_cap_do_not_change_scores(
+    engine, chunk_size: int, max_batch_tokens: int, max_forward_tokens: int | None
 ) -> None:
+    """The engine's defaults run a batch wider than 256 positions in chunks of columns on the KV cache;
+    16-position chunks and no cap at all give the same scores."""
+    longer = RewardItem(id="longer", prompt="Explain twice.", response=f"{LONG_RESPONSE} {LONG_RESPONSE}")
+    items = [*ITEMS, longer]
+    tokenized = [engine.tokenize(item) for item in items]
+    widest = max(padded_positions(tokenized, [batch]) for batch in plan_padded(engine.core, tokenized))
+    assert widest > engine.config.max_forward_tokens  # so the defaults do chunk a batch
     other = ScoringEngine(
         engine.policy,
         engine.reference,
         engine.tokenizer,
-        config=EngineConfig(chunk_size=chunk_size, max_batch_tokens=max_batch_tokens),
+        config=EngineConfig(
+            chunk_size=chunk_size, max_batch_tokens=max_batch_tokens, max_forward_tokens=max_forward_tokens
+        ),
     )
-    for ours, theirs in zip(engine.score(ITEMS), other.score(ITEMS), strict=True):
+    for ours, theirs in zip(engine.score(items), other.score(items), strict=True):
         assert theirs.policy_logp == pytest.approx(ours.policy_logp, abs=1e-4)
         assert theirs.reference_logp == pytest.approx(ours.reference_logp, abs=1e-4)
 

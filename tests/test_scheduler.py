@@ -18,6 +18,7 @@ from xlreward.service.scheduler import (
     Unit,
     wait_for_ticket,
 )
+from xlreward.service.scoring.yield_points import yield_point
 
 
 class Recorder:
@@ -97,6 +98,56 @@ def test_tenants_take_turns_so_a_flood_does_not_starve_a_small_request() -> None
     # tokens), and A's units fill the rest of it.
     assert runner.batches[1][:2] == ["small0", "flood0"]
     assert len(runner.batches) >= 1 + 40 // 4
+
+
+class TwoForwards:
+    """Runner whose batches run as two forwards with a yield point between them, as a model pair's do;
+    the batch of ``hold`` stops before its yield point until ``go`` is set."""
+
+    def __init__(self, hold: str) -> None:
+        self.hold = hold
+        self.events: list[tuple[str, list[object]]] = []
+        self.held = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self, units, plan):  # type: ignore[no-untyped-def]
+        names = [unit.payload for unit in units]
+        self.events.append(("first", names))
+        if self.hold in names:
+            self.held.set()
+            self.go.wait(timeout=10)
+        yield_point()
+        self.events.append(("second", names))
+        return names
+
+
+def test_a_small_request_runs_at_the_yield_point_of_a_batch_already_running() -> None:
+    """B's item arrives while A's batch is between its two forwards: it runs there, before A's second
+    forward, instead of waiting for A's whole batch. A's own queued units never run at A's yield points (a
+    lone flood is not interrupted), and the nested batch does not yield in turn."""
+    runner = TwoForwards(hold="A0")
+    scheduler = make(runner, max_batch_tokens=10)  # one 10-token unit a batch
+
+    async def main() -> None:
+        flood = scheduler.submit("a", units("A", 3), timeout=10)
+        await asyncio.to_thread(runner.held.wait, 10)  # A0's first forward has run
+        small = scheduler.submit("b", units("B", 1), timeout=10)
+        runner.go.set()
+        assert await wait_for_ticket(scheduler, small, 10) == ["B0"]
+        assert await wait_for_ticket(scheduler, flood, 10) == ["A0", "A1", "A2"]
+
+    asyncio.run(main())
+    scheduler.stop()
+    assert runner.events == [
+        ("first", ["A0"]),
+        ("first", ["B0"]),
+        ("second", ["B0"]),
+        ("second", ["A0"]),
+        ("first", ["A1"]),
+        ("second", ["A1"]),
+        ("first", ["A2"]),
+        ("second", ["A2"]),
+    ]
 
 
 def test_tenants_share_batches_by_tokens_served_not_by_units() -> None:

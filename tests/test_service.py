@@ -395,8 +395,8 @@ def test_overload_answers_429_and_client_retries_get_everything_through(llama_pa
 
 
 def test_tenant_flood_does_not_stall_another_tenant(llama_pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Tenant A queues a big batch job; tenant B's small requests keep completing between A's batches:
-    all of B's requests finish before A's job does."""
+    """Tenant A queues a big batch job; tenant B's small requests keep completing, each at a yield point of
+    A's running batch or ahead of A's next one: all of B's requests finish before A's job does."""
     keys = {"key-a": "team-a", "key-b": "team-b"}
     with running_server(
         llama_pair, tmp_path, api_keys=keys, max_batch_tokens=1024, batch_wait_ms=1, max_queue_items=10000
@@ -433,7 +433,6 @@ def test_tenant_flood_does_not_stall_another_tenant(llama_pair, tmp_path) -> Non
         counts = metric_samples(url, "xlreward_scored_items_total", a_headers)
         assert counts['{model="default",tenant="team-a"}'] == 1500
         assert counts['{model="default",tenant="team-b"}'] == 5
-        assert histogram_count_above(url, "xlreward_batch_tenants", 1, a_headers) >= 1
 
 
 def test_deadline_and_disconnect(llama_pair, tmp_path) -> None:  # type: ignore[no-untyped-def]

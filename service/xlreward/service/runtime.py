@@ -77,7 +77,9 @@ class Runtime:
     def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.model_lock = threading.Lock()
+        # Re-entrant: a batch run at another batch's yield point (``scoring.yield_points``) runs on the
+        # scheduler's thread, inside the running batch's hold on the lock.
+        self.model_lock = threading.RLock()
         self.shared_bases = SharedBases(self.model_lock)  # LoRA adapters over one base hold it once
         self.slots: dict[str, ModelSlot] = {spec.name: ModelSlot(spec) for spec in settings.model_specs()}
         self.generator: Any = None  # GenerationBackend, built from the first model once it loads
@@ -127,6 +129,7 @@ class Runtime:
                 beta=s.beta if spec.beta is None else spec.beta,
                 chunk_size=s.chunk_size,
                 max_batch_tokens=s.max_batch_tokens,
+                max_forward_tokens=s.max_forward_tokens,
                 packed=s.packed if spec.packed is None else spec.packed,
             ),
             "options": LoadOptions(

@@ -4,7 +4,9 @@ Requests (``Ticket``) arrive from the event loop as lists of work units: a singl
 responses sharing one prompt, each for one model. A worker thread closes a batch when its plan is full or
 the oldest unit has waited ``batch_wait`` seconds, fills it fairly (the tenant served the fewest tokens so far
 offers the next unit, so a tenant with ten thousand queued items cannot hold back another tenant's one), runs
-it, and hands each request its results when its last unit is done.
+it, and hands each request its results when its last unit is done. A running batch pauses at its yield
+points (between forwards, ``scoring.yield_points``) to run a batch of waiting units whose tenants have been
+served less than its own, so a small request waits for one forward of a long batch, not all of it.
 
 A batch holds units of one model, and the model's own planner decides what fits (``BatchPlan``): the
 scheduler offers it units until one does not fit, and the runner runs that plan as it is, so one
@@ -26,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
+
+from xlreward.service.scoring.yield_points import yielding_to
 
 Result = TypeVar("Result")
 
@@ -210,9 +214,10 @@ class _Queues:
     def charge(self, tenant: str, unit: Unit) -> None:
         self.tags[tenant] += sum(unit.lengths)  # an active tenant always has a tag (``push``)
 
-    def next_tenant(self, skip: set[str]) -> str | None:
-        """The active tenant, not in ``skip``, with the smallest tag (ties: by name)."""
-        candidates = [tenant for tenant in self.by_tenant if tenant not in skip]
+    def next_tenant(self, skip: set[str], below: float = math.inf) -> str | None:
+        """The active tenant, not in ``skip`` and with a tag under ``below``, with the smallest tag (ties:
+        by name)."""
+        candidates = [tenant for tenant in self.by_tenant if tenant not in skip and self.tags[tenant] < below]
         if not candidates:
             return None
         return min(candidates, key=lambda tenant: (self.tags[tenant], tenant))
@@ -240,6 +245,7 @@ class Scheduler:
         self._lock = threading.Condition()
         self._stopping = False
         self._items_per_second = 0.0
+        self._yielded_seconds = 0.0  # time the running batch spent running other batches at its yield points
         self._thread = threading.Thread(target=self._loop, name="xlreward-scheduler", daemon=True)
 
     # --- event-loop side ---------------------------------------------------------------------------
@@ -341,17 +347,18 @@ class Scheduler:
                     return True
         return False
 
-    def _take(self) -> tuple[list[BatchEntry], BatchPlan | None]:
+    def _take(self, below: float = math.inf) -> tuple[list[BatchEntry], BatchPlan | None]:
         """Fill one batch in fair order (``_Queues``): the tenant served least so far offers its next unit,
         as far as the plan of the first unit's model takes them. A tenant whose next unit does not fit, or
         is for another model, sits out the rest of this batch (its queue stays FIFO). Units of tickets that
-        already ended (cancelled, past their deadline) are dropped, never run."""
+        already ended (cancelled, past their deadline) are dropped, never run. ``below``: only tenants whose
+        tag is under it (a batch run at a yield point)."""
         batch: list[BatchEntry] = []
         plan: BatchPlan | None = None
         model = None
         now = time.monotonic()
         blocked: set[str] = set()
-        while (tenant := self._queues.next_tenant(blocked)) is not None:
+        while (tenant := self._queues.next_tenant(blocked, below)) is not None:
             entry = self._queues.by_tenant[tenant][0]
             if entry.ticket.done or entry.ticket.deadline < now:
                 self._queues.pop(tenant)
@@ -359,7 +366,7 @@ class Scheduler:
                 continue
             if plan is None:
                 plan, model = self._new_plan(entry.unit), entry.unit.model
-                self._queues.clock = self._queues.tags[tenant]
+                self._queues.clock = max(self._queues.clock, self._queues.tags[tenant])
             if entry.unit.model is not model or not plan.add(entry.unit):
                 blocked.add(tenant)
                 continue
@@ -367,10 +374,17 @@ class Scheduler:
             batch.append(self._queues.pop(tenant))
         return batch, plan
 
-    def _run(self, batch: list[BatchEntry], plan: BatchPlan) -> None:
+    def _run(self, batch: list[BatchEntry], plan: BatchPlan, *, nested: bool = False) -> None:
+        """Runs one batch and ends its tickets. At the batch's yield points (between forwards), waiting
+        units that would lead the next batch run first (``_run_waiting``); a batch run there is ``nested``
+        and does not yield in turn, so at most two batches are in flight."""
         started = time.monotonic()
+        if not nested:
+            self._yielded_seconds = 0.0
+        running = {entry.ticket.tenant for entry in batch}
         try:
-            results = self._runner([entry.unit for entry in batch], plan)
+            with yielding_to(None if nested else lambda: self._run_waiting(running)):
+                results = self._runner([entry.unit for entry in batch], plan)
             if len(results) != len(batch):
                 raise RuntimeError(f"the runner returned {len(results)} results for {len(batch)} units")
         except Exception as error:  # a failed forward fails its tickets, never the loop
@@ -378,7 +392,7 @@ class Scheduler:
                 for entry in batch:
                     entry.ticket.finish(error)
             return
-        elapsed = max(time.monotonic() - started, 1e-6)
+        elapsed = max(time.monotonic() - started - (0.0 if nested else self._yielded_seconds), 1e-6)
         items = sum(entry.unit.size for entry in batch)
         if not plan.closes_early:
             self._items_per_second = 0.8 * self._items_per_second + 0.2 * items / elapsed
@@ -392,6 +406,26 @@ class Scheduler:
                 ticket.remaining -= 1
                 if ticket.remaining == 0:
                     ticket.finish()
+
+    def _run_waiting(self, running: set[str]) -> None:
+        """At a yield point of a running batch: run one batch of the waiting units whose tenants have been
+        served less than every tenant in the running batch, so they would lead the next batch anyway.
+
+        Fair queueing alone orders batches; this bounds how long a small request waits behind a long batch
+        that has already started to one forward, not the whole batch. The running batch's tenants have
+        been charged for it, so their own queued units never qualify (a lone flood is never interrupted),
+        and a tenant stops qualifying once it has been served as much as they have."""
+        with self._lock:
+            if self._stopping or not self._queues.items:
+                return
+            bar = min(self._queues.tags[tenant] for tenant in running)
+            batch, plan = self._take(below=bar)
+            if not self._queues.items:
+                self._oldest = None
+        if batch and plan is not None:
+            started = time.monotonic()
+            self._run(batch, plan, nested=True)
+            self._yielded_seconds += time.monotonic() - started
 
     def _stats(self, batch: list[BatchEntry], plan: BatchPlan, seconds: float) -> BatchStats:
         model = batch[0].unit.model

@@ -95,6 +95,13 @@ class ServiceSettings(BaseSettings):
         description="padded tokens per forward batch; unset: the engine's device default (4096 on CPU, "
         "16384 on GPU)",
     )
+    max_forward_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="positions one forward call runs; a wider batch of single items runs in chunks on its "
+        "KV cache (same scores), and waiting requests of less-served tenants run between chunks; unset: 256 "
+        "on CPU, no cap on GPU",
+    )
     packed: bool = Field(
         default=False,
         description="score in packed rows with no padding, each group's prompt once per row; checked "

@@ -64,7 +64,7 @@ class TransformersGenerator:
         tokenizer: Any,
         *,
         model_name: str,
-        lock: threading.Lock,
+        lock: threading.RLock,
         max_length: int,
         stop_token_ids: frozenset[int],
         context: Callable[[], AbstractContextManager[Any]] = nullcontext,

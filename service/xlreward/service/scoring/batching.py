@@ -17,9 +17,25 @@ CPU_MAX_BATCH_TOKENS = 4096
 GPU_MAX_BATCH_TOKENS = 16384
 
 
+# Positions one forward call runs on CPU when the caller sets no cap; a wider batch runs in chunks of
+# columns on its KV cache, and the server runs waiting small requests between chunks
+# (``yield_points``), so a long batch holds the models for one short chunk at a time. The price is each
+# call's fixed cost: on bench/'s 58M-parameter model 256-position forwards scored at 0.89-0.96x the
+# speed of whole 4096-token batches (512: 1.08-1.10x, the activations staying in the CPU's caches), but
+# a small tenant's p99 under a flood exceeded twice its p99 alone in 4 of 9 runs at 512 and in none of 8
+# at 256 (bench/README.md). On a GPU a forward of a whole batch is short and the device needs the width:
+# no cap.
+CPU_MAX_FORWARD_TOKENS = 256
+
+
 def default_max_batch_tokens(device_type: str) -> int:
     """The padded-token budget for a device type (``"cpu"``, ``"cuda"``...) when none is configured."""
     return CPU_MAX_BATCH_TOKENS if device_type == "cpu" else GPU_MAX_BATCH_TOKENS
+
+
+def default_max_forward_tokens(device_type: str) -> int | None:
+    """The cap on positions per forward call for a device type when none is configured (None: no cap)."""
+    return CPU_MAX_FORWARD_TOKENS if device_type == "cpu" else None
 
 
 def plan_batches(

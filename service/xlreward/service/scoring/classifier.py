@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from xlreward.service.protocol import ChatMessage, RewardResult
-from xlreward.service.scoring.batching import default_max_batch_tokens
+from xlreward.service.scoring.batching import default_max_batch_tokens, default_max_forward_tokens
 from xlreward.service.scoring.core import (
     ScoringCore,
     Side,
@@ -106,7 +106,11 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
         self.dtype: torch.dtype = next(head.parameters()).dtype
         config = config or EngineConfig()
         self.max_batch_tokens = config.max_batch_tokens or default_max_batch_tokens(self.device.type)
-        self.config = replace(config, max_batch_tokens=self.max_batch_tokens)
+        self.config = replace(
+            config,
+            max_batch_tokens=self.max_batch_tokens,
+            max_forward_tokens=config.max_forward_tokens or default_max_forward_tokens(self.device.type),
+        )
         self.max_length = context_length(model)
         # transformers pools the last token that is not the pad token; so do we.
         self.pooled_pad_id: int | None = getattr(model.config, "pad_token_id", None)
@@ -128,6 +132,7 @@ class ClassifierRewardModel(StrategyModel[ClassifierScore]):
             max_batch_tokens=self.max_batch_tokens,
             max_padding=self.config.max_padding,
             padding_mask=self.config.padding_mask,
+            max_forward_tokens=self.config.max_forward_tokens,
         )
 
     @property

@@ -51,7 +51,10 @@ class ScoringCore:
     """The sides and the settings every strategy shares. ``max_batch_tokens``: positions a forward plan
     may run (padded rows x width, or a packed row's real positions); ``max_padding``: the share of a padded
     batch that may be padding; ``padding_mask``: pass the right padding's attention mask (causal attention
-    never needs it). An LM side's chunk size lives in its reader (``engine.LogProbReader``)."""
+    never needs it); ``max_forward_tokens``: positions one forward call may run (None: no cap), a wider
+    padded batch runs in chunks of columns on the KV cache with yield points between them, so a long batch
+    holds the models for one chunk at a time. An LM side's chunk size lives in its reader
+    (``engine.LogProbReader``)."""
 
     sides: tuple[Side, ...]
     device: torch.device
@@ -59,6 +62,7 @@ class ScoringCore:
     max_batch_tokens: int
     max_padding: float = DEFAULT_MAX_PADDING
     padding_mask: bool = False
+    max_forward_tokens: int | None = None
 
     def tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

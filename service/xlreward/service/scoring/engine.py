@@ -18,7 +18,11 @@ from typing import Any
 import torch
 
 from xlreward.service.protocol import ChatMessage, RewardResult
-from xlreward.service.scoring.batching import DEFAULT_MAX_PADDING, default_max_batch_tokens
+from xlreward.service.scoring.batching import (
+    DEFAULT_MAX_PADDING,
+    default_max_batch_tokens,
+    default_max_forward_tokens,
+)
 from xlreward.service.scoring.core import (
     ScoringCore,
     Side,
@@ -54,25 +58,28 @@ class EngineConfig:
     None: sized from the vocabulary so that a block stays under 256 MB (``default_chunk_size``).
     ``max_batch_tokens``: padded tokens (rows x longest row) per forward batch; None: the device's default
     (``batching.default_max_batch_tokens``: 4096 on CPU, 16384 on GPU).
+    ``max_forward_tokens``: positions one forward call runs; a wider padded batch runs in chunks of columns
+    on its KV cache (same scores), so the server can run a waiting small request between chunks. None: the
+    device's default (``batching.default_max_forward_tokens``: 256 on CPU, no cap on GPU).
     ``max_padding``: a batch closes before padding passes this fraction of its padded tokens (1.0: off).
     ``padding_mask``: pass the attention mask of the right padding anyway. Causal attention never needs it
     (see the module docstring); it is there for an architecture whose attention is not strictly causal.
     ``packed``: run items and prompt groups in packed rows with no padding (``packing``), up to
     ``max_batch_tokens`` real positions a row; the engine checks at start-up that the models pack exactly.
-    The engine's ``config`` has ``chunk_size`` and ``max_batch_tokens`` resolved."""
+    The engine's ``config`` has ``chunk_size``, ``max_batch_tokens`` and ``max_forward_tokens`` resolved."""
 
     beta: float = 0.1
     chunk_size: int | None = None
     max_batch_tokens: int | None = None
+    max_forward_tokens: int | None = None
     max_padding: float = DEFAULT_MAX_PADDING
     padding_mask: bool = False
     packed: bool = False
 
     def __post_init__(self) -> None:
-        if (self.chunk_size is not None and self.chunk_size < 1) or (
-            self.max_batch_tokens is not None and self.max_batch_tokens < 1
-        ):
-            raise ValueError("chunk_size and max_batch_tokens must be at least 1")
+        sizes = (self.chunk_size, self.max_batch_tokens, self.max_forward_tokens)
+        if any(size is not None and size < 1 for size in sizes):
+            raise ValueError("chunk_size, max_batch_tokens and max_forward_tokens must be at least 1")
         if not 0.0 <= self.max_padding <= 1.0:
             raise ValueError(f"max_padding is a fraction between 0 and 1, got {self.max_padding}")
 
@@ -195,7 +202,12 @@ class ScoringEngine(StrategyModel[ItemScore]):
         config = config or EngineConfig()
         self.chunk_size: int = config.chunk_size or default_chunk_size(head.shape[0], head.dtype)
         self.max_batch_tokens: int = config.max_batch_tokens or default_max_batch_tokens(self.device.type)
-        self.config = replace(config, chunk_size=self.chunk_size, max_batch_tokens=self.max_batch_tokens)
+        self.config = replace(
+            config,
+            chunk_size=self.chunk_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_forward_tokens=config.max_forward_tokens or default_max_forward_tokens(self.device.type),
+        )
         self.max_length = min(context_length(self.policy), context_length(self.reference))
         generation_eos = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
         self.item_tokenizer = ItemTokenizer(
@@ -221,6 +233,7 @@ class ScoringEngine(StrategyModel[ItemScore]):
             max_batch_tokens=self.max_batch_tokens,
             max_padding=self.config.max_padding,
             padding_mask=self.config.padding_mask,
+            max_forward_tokens=self.config.max_forward_tokens,
         )
 
     @property

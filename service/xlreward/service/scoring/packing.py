@@ -25,6 +25,7 @@ from xlreward.service.scoring.packed_attention import Segment, VarlenIndex, pack
 from xlreward.service.scoring.prefix import shared_prefix_length, suffix_length
 from xlreward.service.scoring.reward_model import Sums
 from xlreward.service.scoring.templating import TokenizedItem
+from xlreward.service.scoring.yield_points import yield_point
 
 
 @dataclass
@@ -158,3 +159,4 @@ def _add_row_sums(core: ScoringCore, row: _RowBuilder, sums: Sequence[torch.Tens
             )[0]
             values = side.read(hidden[reads.to(hidden.device)], targets.to(hidden.device))  # (N,)
         total.index_add_(0, owners, values.double().to(total.device))
+        yield_point()

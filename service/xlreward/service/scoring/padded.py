@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from xlreward.service.scoring.batching import plan_batches
 from xlreward.service.scoring.core import ScoringCore, Side, fed_length, read_span
 from xlreward.service.scoring.logprobs import segment_sum
+from xlreward.service.scoring.prefix import cache_keyword, returned_cache
 from xlreward.service.scoring.reward_model import Sums
 from xlreward.service.scoring.templating import TokenizedItem
+from xlreward.service.scoring.yield_points import yield_point
 
 
 @dataclass
@@ -57,7 +60,10 @@ def score_padded(
     results: list[Sums] = [()] * len(items)
     for indices in plan_padded(core, items) if batches is None else batches:
         batch = collate(core, [items[i] for i in indices])
-        per_side = [side_sums(core, side, batch) for side in core.sides]
+        per_side = []
+        for side in core.sides:
+            per_side.append(side_sums(core, side, batch))
+            yield_point()
         for position, index in enumerate(indices):
             results[index] = tuple(sums[position] for sums in per_side)
         if progress is not None:
@@ -68,20 +74,62 @@ def score_padded(
 @torch.inference_mode()
 def side_sums(core: ScoringCore, side: Side, batch: PaddedBatch) -> list[float]:
     """Per batch row, the float64 sum of its read values under one side. Summed in float64: a float32
-    running sum over thousands of tokens drifts by ~1e-3."""
+    running sum over thousands of tokens drifts by ~1e-3. A batch wider than the core's forward cap runs
+    in chunks of columns (``forward_width``), each on the KV cache of the ones before it, with a yield point
+    between chunks."""
     device = core.input_device(side)
     mask = batch.attention_mask
-    with side.context():
-        out = side.backbone(
-            input_ids=batch.input_ids.to(device),
-            attention_mask=mask.to(device) if mask is not None else None,
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state  # (B, T, H), on the last layer's device
-        rows, positions, targets = (t.to(hidden.device) for t in (batch.rows, batch.positions, batch.targets))
-        values = side.read(hidden[rows, positions], targets)  # (N,)
-    sums: list[float] = segment_sum(values.double(), rows.to(values.device), batch.num_items).tolist()
-    return sums
+    rows_in, width = batch.input_ids.shape
+    chunk = forward_width(core, rows_in)
+    if mask is not None or chunk >= width:
+        with side.context():
+            out = side.backbone(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=mask.to(device) if mask is not None else None,
+                use_cache=False,
+            )
+            values, rows = _read(side, out.last_hidden_state, batch, 0, width)
+        sums: list[float] = segment_sum(values.double(), rows, batch.num_items).tolist()
+        return sums
+    totals = torch.zeros(batch.num_items, dtype=torch.float64, device=core.device)
+    cache: Any = None
+    for start in range(0, width, chunk):
+        stop = min(start + chunk, width)
+        positions = torch.arange(start, stop, device=device).expand(rows_in, -1)  # (B, C)
+        with side.context():
+            out = side.backbone(
+                input_ids=batch.input_ids[:, start:stop].to(device),
+                position_ids=positions,
+                use_cache=True,
+                **({cache_keyword(side.backbone): cache} if cache is not None else {}),
+            )
+            cache = returned_cache(out)
+            values, rows = _read(side, out.last_hidden_state, batch, start, stop)
+        totals.index_add_(0, rows.to(core.device), values.double().to(core.device))
+        if stop < width:
+            yield_point()  # the side's last chunk yields in ``score_padded``
+    return [float(total) for total in totals.tolist()]
+
+
+def forward_width(core: ScoringCore, rows: int) -> int:
+    """Columns one forward of a ``rows``-row batch may run under the core's cap on positions per forward
+    (at least one; unlimited without a cap)."""
+    if core.max_forward_tokens is None:
+        return 1 << 62
+    return max(1, core.max_forward_tokens // max(rows, 1))
+
+
+def _read(
+    side: Side, hidden: torch.Tensor, batch: PaddedBatch, start: int, stop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The side's values at the batch's read positions in columns [start, stop) of ``hidden`` (B, stop -
+    start, H), and the batch row of each: ((N,), (N,)), on the reader's device."""
+    device = hidden.device
+    rows, positions, targets = (t.to(device) for t in (batch.rows, batch.positions, batch.targets))
+    inside = (positions >= start) & (positions < stop)
+    rows, positions, targets = rows[inside], positions[inside] - start, targets[inside]
+    values = side.read(hidden[rows, positions], targets)  # (N,)
+    return values, rows.to(values.device)
 
 
 def collate(core: ScoringCore, items: Sequence[TokenizedItem]) -> PaddedBatch:

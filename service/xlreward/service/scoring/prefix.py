@@ -30,6 +30,7 @@ from xlreward.service.scoring.logprobs import segment_sum
 from xlreward.service.scoring.reward_model import Sums
 from xlreward.service.scoring.signatures import keywords_of
 from xlreward.service.scoring.templating import TokenizedItem
+from xlreward.service.scoring.yield_points import yield_point
 
 
 def shared_prefix_length(items: Sequence[TokenizedItem]) -> int:
@@ -89,7 +90,10 @@ def score_shared_prefix(
     if not items:
         return []
     plan = plan or plan_shared_prefix(core, items)
-    per_side = [_side_sums(core, side, items, plan) for side in core.sides]
+    per_side = []
+    for side in core.sides:
+        per_side.append(_side_sums(core, side, items, plan))
+        yield_point()
     return [tuple(sums[i] for sums in per_side) for i in range(len(items))]
 
 

@@ -101,8 +101,8 @@ class SharedBases:
 
     ``lock`` is the server's model lock: everything that changes or runs a shared base holds it."""
 
-    def __init__(self, lock: threading.Lock | None = None) -> None:
-        self.lock = lock or threading.Lock()
+    def __init__(self, lock: threading.RLock | None = None) -> None:
+        self.lock = lock or threading.RLock()
         self._bases: weakref.WeakValueDictionary[BaseKey, SharedBase] = weakref.WeakValueDictionary()
         self._loading = threading.Lock()
 
