@@ -2,9 +2,10 @@
 restarts (the unit states of ``leases``, and the results mirrored by ``store.MirroredStore``).
 
 Each poll the waiter mirrors newly finished results into the output folder, then re-sends every unit
-that is not finished and is *lost*: running without a live lease (its worker died), or without any state
-(Redis restarted empty and forgot it and its queued message; the mirrored results are written back first,
-so nothing finished is redone). While Redis does not answer it retries for ``broker_wait_s``
+that is not finished and is *lost*: running without a live lease (its worker died), queued but stranded
+(a worker fetched its message and died before starting it: ``deliveries``), or without any state (Redis
+restarted empty and forgot it and its queued message; the mirrored results are written back first, so
+nothing finished is redone). While Redis does not answer it retries for ``broker_wait_s``
 (``WorkerSettings``), then gives up with ``BrokerUnavailable``. Dispatching sends the same lost units
 plus the failed and never-sent ones: never a unit that is queued or running, so a re-run does not queue
 anything twice.
@@ -18,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xlreward.worker.leases import FAILED, QUEUED, RUNNING, UnitMarks
+from xlreward.worker.deliveries import stranded_units
+from xlreward.worker.leases import FAILED, LEASE_TTL_S, QUEUED, RUNNING, UnitMarks
 from xlreward.worker.store import Kind, MirroredStore, ResultStore
 
 POLL_S = 1.0
+# Clock skew allowed between the machine that marked a unit queued and the worker that fetched its message.
+CLOCK_SKEW_S = 5.0
 DISPATCH_CHUNK = 64  # units sent before they are marked queued: a crash in between re-sends at most these
 
 
@@ -86,9 +90,20 @@ def unit_states(run: TrackedRun) -> UnitStates:
     marks = run.marks
     finished_before = run.finished()
     states = marks.states()
+    fetched = stranded_units(marks.client, run.store.primary.store_id, older_than_s=LEASE_TTL_S)
+    # A queued unit whose message a worker fetched (after it was queued) and has held for a lease's life.
+    stranded = {
+        unit
+        for unit, at in fetched.items()
+        if _state(states, unit) == QUEUED and at >= states[unit].get("at", 0.0) - CLOCK_SKEW_S
+    }
     # Queued units hold no lease (``leases.UnitMarks.mark_queued`` never overwrites a live one): skipping
     # them keeps a poll of a big run to a few lookups.
-    unsure = [unit for unit in run.units if unit not in finished_before and _state(states, unit) != QUEUED]
+    unsure = [
+        unit
+        for unit in run.units
+        if unit not in finished_before and (_state(states, unit) != QUEUED or unit in stranded)
+    ]
     leased = marks.leased(unsure)
     done = run.finished()
     unfinished = [unit for unit in run.units if unit not in done]
@@ -96,9 +111,9 @@ def unit_states(run: TrackedRun) -> UnitStates:
     return UnitStates(
         done=set(run.units) - set(unfinished),
         in_flight=leased - done,
-        queued={unit for unit, name in state.items() if name == QUEUED},
+        queued={unit for unit, name in state.items() if name == QUEUED and unit not in stranded},
         failed={unit: states[unit].get("error", "") for unit, name in state.items() if name == FAILED},
-        lost=[unit for unit, name in state.items() if name == RUNNING],
+        lost=[unit for unit, name in state.items() if name == RUNNING or unit in stranded],
         forgotten=[unit for unit, name in state.items() if name is None],
     )
 

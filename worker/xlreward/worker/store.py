@@ -78,6 +78,7 @@ class RedisStore:
         import redis
 
         self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.store_id = store_id
         self.prefix = f"xlreward:run:{store_id}"
 
     def put_once(self, kind: Kind, key: str, value: dict[str, Any]) -> bool:
