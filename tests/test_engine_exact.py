@@ -218,3 +218,18 @@ def test_cuda_bfloat16_matches_cpu_float32(tiny_pair, engine) -> None:
     for ours, theirs in zip(engine.score(ITEMS), gpu.score(ITEMS), strict=True):
         assert theirs.num_response_tokens == ours.num_response_tokens
         assert theirs.policy_logp == pytest.approx(ours.policy_logp, rel=0.05, abs=0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_chunked_forwards_match_whole_ones(tiny_pair, engine) -> None:
+    """GPUs run uncapped by default; a cap set by hand chunks on CUDA exactly as on CPU (float32)."""
+    from xlreward.service.scoring.loading import load_engine
+
+    whole = load_engine(tiny_pair.policy, tiny_pair.reference, device="cuda", dtype="float32")
+    assert whole.config.max_forward_tokens is None
+    chunked = ScoringEngine(
+        whole.policy, whole.reference, whole.tokenizer, config=EngineConfig(max_forward_tokens=16)
+    )
+    for ours, theirs in zip(whole.score(ITEMS), chunked.score(ITEMS), strict=True):
+        assert theirs.policy_logp == pytest.approx(ours.policy_logp, abs=1e-3)
+        assert theirs.reference_logp == pytest.approx(ours.reference_logp, abs=1e-3)
