@@ -271,6 +271,18 @@ def test_generate_splits_to_the_completion_limit_and_renumbers(sleeps: list[floa
     assert [r.completions[0].text for r in answer.results] == [f"re: {p}" for p in prompts]
 
 
+def test_a_seed_per_prompt_is_split_with_its_prompts_and_checked_before_sending(sleeps: list[float]) -> None:
+    server = FakeServer(limit=8)
+    prompts = [f"prompt {i}" for i in range(5)]
+    with sync_client(server, sleeps, max_items_per_request=8) as client:
+        client.generate(prompts, n=4, seed=[10, 11, 12, 13, 14])
+        with pytest.raises(ValueError, match="one each"):
+            client.generate(prompts, seed=[1, 2])
+    bodies = server.bodies("/generate")
+    assert [body["seeds"] for body in bodies] == [[10, 11], [12, 13], [14]]
+    assert all("seed" not in body for body in bodies)
+
+
 def test_wrong_answers_from_the_server_raise_xlreward_error(sleeps: list[float]) -> None:
     short = httpx.Response(
         200, json={"results": [], "groups": [], "beta": 0.1, "usage": {"items": 0, "scored_tokens": 0}}

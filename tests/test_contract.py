@@ -45,8 +45,8 @@ MIN_CASES = 1000
 
 # Refusals of schema-valid requests for what no JSON schema can state, as (status, code, location), None
 # for any location: token counts against the model's context, the server's item limit, what the model's chat
-# template can render, OpenRLHF's pairing of each query with its prompt, and max_tokens agreeing with
-# max_completion_tokens.
+# template can render, OpenRLHF's pairing of each query with its prompt, max_tokens agreeing with
+# max_completion_tokens, and one seed per prompt.
 BEYOND_THE_SCHEMA: set[tuple[int, str, str | None]] = {
     (413, "too_long", None),
     (400, "too_long", "max_tokens"),
@@ -56,6 +56,7 @@ BEYOND_THE_SCHEMA: set[tuple[int, str, str | None]] = {
     (422, "not_prefix_stable", None),
     (422, "query_mismatch", None),
     (400, "unsupported", "max_completion_tokens"),
+    (422, "seeds_mismatch", "seeds"),
 }
 
 
@@ -231,6 +232,20 @@ def test_a_tiny_temperature_samples_greedily(server: str) -> None:
     greedy = post_json(f"{server}/generate", {"prompts": ["0"], "max_tokens": 4, "temperature": 0})
     assert tiny.status_code == 200, tiny.text
     assert tiny.json()["results"] == greedy.json()["results"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"prompts": ["a", "b"], "seeds": [1]}, "1 entries for 2 prompts"),
+        ({"prompts": ["a"], "seeds": [1], "seed": 2}, "not both"),
+    ],
+)
+def test_seeds_must_give_one_seed_per_prompt(server: str, body: dict[str, Any], says: str) -> None:
+    answer = post_json(f"{server}/generate", {**body, "max_tokens": 2})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "seeds_mismatch" and error["location"] == "seeds" and says in error["message"]
 
 
 def test_a_default_max_tokens_is_cut_to_fit(server: str) -> None:

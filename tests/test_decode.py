@@ -30,8 +30,8 @@ def sample(lm, text: str, budget_s: float = 10.0, **settings) -> DecodeJob:  # t
     sampling = Sampling(**{**defaults, "stops": (), "seed": 7, **settings})
     job = DecodeJob(
         model,
-        prompt_ids(tokenizer, text),
-        sampling,
+        [prompt_ids(tokenizer, text)],
+        [sampling],
         stop_token_ids=end_of_turn_ids(tokenizer),
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
     )
@@ -90,3 +90,49 @@ def test_rows_end_at_their_limit_or_stop_string_and_leave_the_batch(lm) -> None:
     # Finished rows leave the batch: each row is fed back its own tokens but the last, no more.
     assert stopped.fed_tokens == sum(len(row) - 1 for row in stopped.rows)
     assert len({len(row) for row in stopped.rows}) > 1  # they did finish at different steps
+
+
+def run_job(lm, prompts: list[list[int]], samplings: list[Sampling]) -> DecodeJob:  # type: ignore[no-untyped-def]
+    model, tokenizer = lm
+    job = DecodeJob(
+        model,
+        prompts,
+        samplings,
+        stop_token_ids=end_of_turn_ids(tokenizer),
+        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
+    with torch.inference_mode():
+        while not job.done:
+            job.advance(0.0)
+    return job
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prompts_of_different_lengths_in_one_job_sample_as_they_would_alone(lm, temperature: float) -> None:  # type: ignore[no-untyped-def]
+    """Left padding, the attention mask and the positions: a prompt batched with longer and shorter ones
+    gets the tokens it gets alone, each prompt with its own seed and token limit."""
+    _, tokenizer = lm
+    texts = ["Name three colours.", "Écris un poème court sur la mer, s'il te plaît.", "Hi"]
+    prompts = [prompt_ids(tokenizer, text) for text in texts]
+    assert len({len(ids) for ids in prompts}) == 3
+    samplings = [
+        Sampling(
+            n=3, max_new_tokens=limit, temperature=temperature, top_p=0.9, top_k=None, stops=(), seed=seed
+        )
+        for seed, limit in [(11, 20), (12, 6), (13, 20)]
+    ]
+    together = run_job(lm, prompts, samplings)
+    assert all(len(row) <= 6 for row in together.prompt_rows(1))
+    for at in range(len(prompts)):
+        alone = run_job(lm, [prompts[at]], [samplings[at]])
+        assert together.prompt_rows(at) == alone.rows, texts[at]
+    assert sum(len(row) for row in together.rows) > 3 * len(together.rows)  # they really did generate
+
+
+def test_a_job_refuses_prompts_with_different_settings(lm) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = lm
+    base = Sampling(n=2, max_new_tokens=4, temperature=1.0, top_p=1.0, top_k=None, stops=(), seed=1)
+    other = Sampling(n=2, max_new_tokens=4, temperature=0.5, top_p=1.0, top_k=None, stops=(), seed=1)
+    ids = prompt_ids(tokenizer, "Hi")
+    with pytest.raises(ValueError, match="share their sampling settings"):
+        DecodeJob(model, [ids, ids], [base, other], stop_token_ids=frozenset({0}), decode=str)

@@ -104,6 +104,18 @@ def test_samples_of_a_prompt_depend_only_on_seed_index_prompt(generator: Transfo
     assert c[0] == a[0] and c[1] != c[0]
 
 
+def test_a_seed_per_prompt_samples_each_as_it_would_alone(generator: TransformersGenerator) -> None:
+    """``seeds``: how prompts are grouped into requests changes nothing (the annotation runs group units)."""
+    request = {"n": 3, "max_tokens": 10}
+    together = texts(run(generator, prompts=PROMPTS, seeds=[5, 6, 7], **request))
+    alone = [
+        texts(run(generator, prompts=[prompt], seed=seed, **request))[0]
+        for prompt, seed in zip(PROMPTS, [5, 6, 7], strict=True)
+    ]
+    assert together == alone
+    assert len({tuple(row) for row in together}) == 3
+
+
 def test_greedy_is_deterministic(generator: TransformersGenerator) -> None:
     first = run(generator, prompts=PROMPTS, n=2, temperature=0, max_tokens=10, seed=1)
     again = run(generator, prompts=PROMPTS, n=2, temperature=0, max_tokens=10, seed=99)
@@ -340,6 +352,13 @@ def test_upstream_optional_fields_and_raw_prompts() -> None:
     assert response.results[0].prompt_tokens == 5  # the upstream's count
     run(backend, prompts=["x"], top_k=0)
     assert "top_k" not in server.bodies[-1]
+    run(backend, prompts=["x", "y"], seeds=[3, 4])  # each prompt is sent the seed it gets sent alone
+    run(backend, prompts=["y"], seed=4)
+    assert [body["seed"] for body in server.bodies[-3:]] == [
+        prompt_seed(3, 0),
+        prompt_seed(4, 0),
+        prompt_seed(4, 0),
+    ]
     with pytest.raises(GenerationError) as caught:
         run(backend, prompts=[[ChatMessage(role="assistant", content="hm")]])
     assert caught.value.code == "bad_prompt"

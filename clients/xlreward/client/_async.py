@@ -140,11 +140,12 @@ class AsyncRewardClient(ClientSettings):
         top_k: int | None = None,
         max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         raw: bool = False,
     ) -> GenerateResponse:
         """``n`` completions per prompt from the server's policy model; ``max_tokens`` None leaves it to the
-        server (its default, cut to the room the prompt leaves), and a set one must fit the context."""
+        server (its default, cut to the room the prompt leaves), and a set one must fit the context. ``seed``:
+        one for all the prompts, or a list with each prompt's own (it samples as if sent alone with it)."""
         requests = payloads.generate_requests(
             prompts,
             limit=self.max_items_per_request,

@@ -70,12 +70,22 @@ def group_requests(
 
 
 def generate_requests(
-    prompts: str | Sequence[PromptLike], *, limit: int, **sampling: Any
+    prompts: str | Sequence[PromptLike],
+    *,
+    limit: int,
+    seed: int | Sequence[int] | None = None,
+    **sampling: Any,
 ) -> list[GenerateRequest]:
     """Requests of at most ``limit`` completions (prompts x n) each, in order; a bare string is one prompt.
-    ``n`` above ``limit`` still goes one prompt per request, and the server says whether it takes it."""
+    ``n`` above ``limit`` still goes one prompt per request, and the server says whether it takes it.
+    ``seed``: one for the request, or one per prompt (sent as ``seeds``, split with the prompts)."""
     listed = [prompts] if isinstance(prompts, str) else list(prompts)
-    return split_prompts(GenerateRequest.model_validate({"prompts": listed, **given(sampling)}), limit)
+    seeding = {} if seed is None else {"seed": seed} if isinstance(seed, int) else {"seeds": list(seed)}
+    whole = GenerateRequest.model_validate({"prompts": listed, **given(sampling), **seeding})
+    problem = whole.seeds_problem()
+    if problem is not None:
+        raise ValueError(problem)
+    return split_prompts(whole, limit)
 
 
 Sampled = TypeVar("Sampled", GenerateRequest, BestOfNRequest)
@@ -85,8 +95,14 @@ def split_prompts(whole: Sampled, limit: int) -> list[Sampled]:
     """``whole`` as requests of at most ``limit`` samples (prompts x n) each, in order; ``n`` above
     ``limit`` still goes one prompt per request."""
     step = max(1, limit // whole.n)
+    seeds = getattr(whole, "seeds", None)  # a GenerateRequest's seeds, one per prompt, go with their prompts
     return [
-        whole.model_copy(update={"prompts": whole.prompts[start : start + step]})
+        whole.model_copy(
+            update={
+                "prompts": whole.prompts[start : start + step],
+                **({"seeds": seeds[start : start + step]} if seeds is not None else {}),
+            }
+        )
         for start in range(0, len(whole.prompts), step)
     ]
 

@@ -54,7 +54,8 @@ def item_error(error: ItemError, location: str) -> ServiceError:
 # refused only for what no schema can state, each with its own code: text longer than the model's context or
 # a max_tokens beyond it ("too_long"), more items than the server's limit ("too_many_items"), a prompt the
 # model's template cannot render ("bad_prompt", "empty_prompt", "not_prefix_stable"), an unknown model
-# ("unknown_model"), OpenRLHF queries that do not pair with their prompts ("query_mismatch").
+# ("unknown_model"), OpenRLHF queries that do not pair with their prompts ("query_mismatch"), "seeds" that
+# do not give one seed per prompt ("seeds_mismatch").
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in [

@@ -266,12 +266,26 @@ class GenerateRequest(SamplingParams):
     (``raw``: as plain text, for base models)."""
 
     prompts: list[Prompt] = Field(min_length=1)
+    seeds: list[JsonInt] | None = Field(
+        default=None,
+        description="one seed per prompt, in order, instead of seed: each prompt samples as it would sent "
+        "alone with its entry as seed, so how prompts are grouped into requests changes nothing",
+    )
     raw: StrictBool = False
     logprobs: TopLogprobs | None = Field(
         default=None,
         description="return each completion token's log-prob with this many most likely alternatives "
         "(0: none); null: no log-probs",
     )
+
+    def seeds_problem(self) -> str | None:
+        """What is wrong with ``seeds`` beside the other fields, if anything. (Checked by the route, not the
+        schema: a JSON schema cannot tie one array's length to another's.)"""
+        if self.seeds is not None and self.seed is not None:
+            return 'give "seed" or "seeds", not both'
+        if self.seeds is not None and len(self.seeds) != len(self.prompts):
+            return f'"seeds" has {len(self.seeds)} entries for {len(self.prompts)} prompts: give one each'
+        return None
 
 
 FinishReason = Literal["stop", "length"]

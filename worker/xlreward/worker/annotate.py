@@ -24,7 +24,7 @@ from xlreward.worker.instructions import InstructionSet, load_instructions
 from xlreward.worker.jobs import RunSpec, UnitJob
 from xlreward.worker.pair_format import DEFAULT_PAIR_FORMAT, PairFormat
 from xlreward.worker.pairing import ScoredSample, ScoredUnit, pair_language, summarise
-from xlreward.worker.pipeline import GENERATED, SCORED, run_generation, run_unit
+from xlreward.worker.pipeline import GENERATED, SCORED, generate_group, run_scoring
 from xlreward.worker.settings import WorkerSettings
 from xlreward.worker.store import ResultStore, open_store, unit_key
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from xlreward.worker.follow import RunStatus, TrackedRun
 
 EMBEDDED_CONCURRENCY = 4
+# Samples (units x n) per /generate request of an embedded run: the server's decode job size
+# (``MAX_JOB_ROWS``), where a small model's step costs little more than one unit's.
+EMBEDDED_GROUP_SAMPLES = 64
 Progress = Callable[[int], Any]
 Report = Callable[["RunStatus"], Any]
 
@@ -134,13 +137,26 @@ def bind_out_dir(out_dir: Path, spec: RunSpec) -> str:
 
 
 def run_embedded(plan: RunPlan, client: Any, progress: Progress, *, generate_only: bool = False) -> None:
-    """Runs the pending units in this process, a few at a time (the service batches them together).
-    ``generate_only``: only the units without samples, sampled and left unscored."""
-    step = run_generation if generate_only else run_unit
+    """Runs the pending units in this process: groups of units sampled in one request each (about
+    ``EMBEDDED_GROUP_SAMPLES`` samples, which the server steps together), then scored one unit per request,
+    a few groups at a time (the service batches their scoring). ``generate_only``: only the units without
+    samples, sampled and left unscored."""
+    pending = plan.pending(GENERATED if generate_only else SCORED)
+    # Small runs are cut finer, so that every thread has a group (their scoring overlaps on the server).
+    fits = max(1, EMBEDDED_GROUP_SAMPLES // max(1, plan.spec.samples))
+    size = max(1, min(fits, -(-len(pending) // EMBEDDED_CONCURRENCY)))
+    groups = [pending[start : start + size] for start in range(0, len(pending), size)]
+
+    def run_group(group: list[UnitJob]) -> int:
+        generate_group(group, plan.store, client)
+        if not generate_only:
+            for job in group:
+                run_scoring(job, plan.store, client)
+        return len(group)
+
     with ThreadPoolExecutor(EMBEDDED_CONCURRENCY) as pool:
-        pending = plan.pending(GENERATED if generate_only else SCORED)
-        for _ in pool.map(lambda job: step(job, plan.store, client), pending):
-            progress(1)
+        for done in pool.map(run_group, groups):
+            progress(done)
 
 
 def tracked(plan: RunPlan, celery_app: Any, *, generate_only: bool = False) -> TrackedRun:

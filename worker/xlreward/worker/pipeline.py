@@ -3,9 +3,10 @@ score them against the reward prompt as one group (its prompt computed once), st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from xlreward.client import RewardClient
+from xlreward.client import APIError, RewardClient
 from xlreward.worker.jobs import UnitJob
 from xlreward.worker.store import ResultStore
 
@@ -26,6 +27,39 @@ def generate_samples(job: UnitJob, client: RewardClient) -> list[str]:
         seed=job.seed,
     )
     return [completion.text.strip() for completion in response.results[0].completions]
+
+
+def generate_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardClient) -> None:
+    """The samples of every unit in ``jobs`` that has none stored, in one request: each unit with its own
+    seed, so it samples as it would alone (``seeds``), while the server steps all its rows together. The units
+    must share their sampling settings (those of one run do)."""
+    missing = [job for job in jobs if store.get(GENERATED, job.key) is None]
+    if not missing:
+        return
+    first = missing[0]
+    settings = {(job.samples, job.temperature, job.top_p, job.top_k, job.max_tokens) for job in missing}
+    if len(settings) != 1:
+        raise ValueError("units sampled in one request must share their sampling settings")
+    try:
+        response = client.generate(
+            [job.instruction for job in missing],
+            n=first.samples,
+            temperature=first.temperature,
+            top_p=first.top_p,
+            top_k=first.top_k,
+            max_tokens=first.max_tokens,
+            seed=[job.seed for job in missing],
+        )
+    except APIError as error:
+        if error.code != "too_many_items" or len(missing) == 1:
+            raise
+        # The server takes fewer samples per request than the group holds: one unit at a time, then (the
+        # same seeds, so the same samples).
+        for job in missing:
+            run_generation(job, store, client)
+        return
+    for job, result in zip(missing, response.results, strict=True):
+        store.put_once(GENERATED, job.key, {"samples": [c.text.strip() for c in result.completions]})
 
 
 def score_samples(job: UnitJob, samples: list[str], client: RewardClient) -> list[float]:

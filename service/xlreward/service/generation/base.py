@@ -31,6 +31,15 @@ def prompt_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def request_prompt_seed(request: GenerateRequest, index: int) -> int | None:
+    """Prompt ``index``'s seed: with ``seeds``, the seed that prompt would get sent alone with its own entry
+    as ``seed`` (so grouping prompts into requests changes nothing); with ``seed``, ``prompt_seed(seed,
+    index)``; else None (the backend draws one)."""
+    if request.seeds is not None:
+        return prompt_seed(request.seeds[index], 0)
+    return prompt_seed(request.seed, index) if request.seed is not None else None
+
+
 def chat_messages(prompt: str | Sequence[ChatMessage], index: int) -> list[dict[str, str]]:
     """A prompt as chat messages: text is one user turn; messages must end with a user turn."""
     if isinstance(prompt, str):

@@ -1,11 +1,12 @@
 """Sampling from the policy model in this process.
 
-Each prompt's ``n`` samples are one ``decode.DecodeJob``, run in turns of about ``turn_s`` seconds, each
-under the lock the scoring engine shares (and in the policy's adapter context). Where the turns run is the
-caller's: served, they queue in the scoring scheduler (``turns.SchedulerTurns``), so scoring waits for one
-turn at most and tenants take turns; elsewhere they run on a worker thread. With a seed a prompt's samples
-depend on the seed, its index, the prompt and the sampling settings only (``decode``); without one the seed
-comes from the OS's randomness.
+Consecutive prompts of a request, up to ``MAX_JOB_ROWS`` samples, are one ``decode.DecodeJob``, run in
+turns of about ``turn_s`` seconds, each under the lock the scoring engine shares (and in the policy's adapter
+context). Where the turns run is the caller's: served, they queue in the scoring scheduler
+(``turns.SchedulerTurns``), so scoring waits for one turn at most and tenants take turns; elsewhere they run
+on a worker thread. With a seed (or a seed per prompt) a prompt's samples depend on its seed, the prompt and
+the sampling settings (``decode``: and, in their last bits, on which prompts share its job); without one the
+seed comes from the OS's randomness.
 
 Completions end at any end-of-turn token (``stop_token_ids``), at a stop string (the text is then cut just
 before the first stop string, as OpenAI does) or after ``max_tokens`` tokens. A ``max_tokens`` the request
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from xlreward.service.generation.base import chat_messages, first_stop, prompt_seed, raw_text
+from xlreward.service.generation.base import chat_messages, first_stop, raw_text, request_prompt_seed
 from xlreward.service.generation.decode import DecodeJob, Sampling
 from xlreward.service.generation.errors import GenerationError, bad_prompt, too_long
 from xlreward.service.generation.token_logprobs import completion_logprobs
@@ -44,6 +45,22 @@ from xlreward.service.protocol import (
 
 T = TypeVar("T")
 DEFAULT_TURN_S = 0.05
+# The most rows (prompts x n) one decode job steps together. Consecutive prompts of a request share a job up
+# to it: on a small model a step of 64 rows costs little more than one of 8, and a job's cache grows with it.
+MAX_JOB_ROWS = 64
+
+
+def job_prompts(prompts: int, n: int, max_rows: int) -> list[list[int]]:
+    """The request's prompt positions, in order, cut into jobs of at most ``max_rows`` rows (at least one
+    prompt each).
+
+    >>> job_prompts(5, 8, 16)
+    [[0, 1], [2, 3], [4]]
+    >>> job_prompts(2, 64, 16)
+    [[0], [1]]
+    """
+    per_job = max(1, max_rows // n)
+    return [list(range(start, min(start + per_job, prompts))) for start in range(0, prompts, per_job)]
 
 
 class TransformersGenerator:
@@ -89,18 +106,20 @@ class TransformersGenerator:
         # Every prompt is rendered (and refused, if it must be) before any sampling starts.
         rendered = await asyncio.to_thread(self._render_all, request)
         results = []
-        for index, prompt_ids in enumerate(rendered):
-            job = self._job(prompt_ids, request, index)
+        for indices in job_prompts(len(rendered), request.n, MAX_JOB_ROWS):
+            job = self._job([rendered[index] for index in indices], request, indices)
             while not job.done:
                 await turns.run(partial(self._on_model, job.advance, self.turn_s), job.active_rows)
-            rows = job.rows * request.n if job.sampling.greedy else job.rows  # greedy: one row stands for n
-            completions = [self._completion(row, request.stop, job.sampling.max_new_tokens) for row in rows]
-            if request.logprobs is not None:
-                scored = partial(self._with_logprobs, prompt_ids, rows, completions, request.logprobs)
-                completions = await turns.run(partial(self._on_model, scored), len(rows))
-            results.append(
-                GenerateResult(index=index, completions=completions, prompt_tokens=len(prompt_ids))
-            )
+            for at, index in enumerate(indices):
+                prompt_ids, limit = rendered[index], job.samplings[at].max_new_tokens
+                rows = job.prompt_rows(at) * (request.n if job.sampling.greedy else 1)  # greedy: 1 row for n
+                completions = [self._completion(row, request.stop, limit) for row in rows]
+                if request.logprobs is not None:
+                    scored = partial(self._with_logprobs, prompt_ids, rows, completions, request.logprobs)
+                    completions = await turns.run(partial(self._on_model, scored), len(rows))
+                results.append(
+                    GenerateResult(index=index, completions=completions, prompt_tokens=len(prompt_ids))
+                )
         return GenerateResponse(results=results, model=self.model_name)
 
     async def aclose(self) -> None:
@@ -157,18 +176,23 @@ class TransformersGenerator:
 
     # --- sampling ------------------------------------------------------------------------------------
 
-    def _job(self, prompt_ids: list[int], request: GenerateRequest, index: int) -> DecodeJob:
-        sampling = Sampling(
-            n=request.n,
-            max_new_tokens=min(request.max_tokens, self.max_length - len(prompt_ids)),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=request.top_k,
-            stops=tuple(request.stop),
-            seed=prompt_seed(request.seed, index) if request.seed is not None else secrets.randbits(63),
-        )
+    def _job(self, prompts: list[list[int]], request: GenerateRequest, indices: Sequence[int]) -> DecodeJob:
+        samplings = []
+        for prompt_ids, index in zip(prompts, indices, strict=True):
+            seed = request_prompt_seed(request, index)
+            samplings.append(
+                Sampling(
+                    n=request.n,
+                    max_new_tokens=min(request.max_tokens, self.max_length - len(prompt_ids)),
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    top_k=request.top_k,
+                    stops=tuple(request.stop),
+                    seed=seed if seed is not None else secrets.randbits(63),
+                )
+            )
         return DecodeJob(
-            self.model, prompt_ids, sampling, stop_token_ids=self.stop_token_ids, decode=self._decode
+            self.model, prompts, samplings, stop_token_ids=self.stop_token_ids, decode=self._decode
         )
 
     def _on_model(self, work: Callable[..., T], *args: Any) -> T:

@@ -2,8 +2,8 @@
 
 Chat prompts go to ``POST {base_url}/v1/chat/completions`` (text as one user turn, messages as they are),
 raw prompts to ``POST {base_url}/v1/completions``; one upstream request per prompt, at most
-``max_concurrency`` in flight. With a seed, prompt i is sent ``prompt_seed(seed, i)``, as the local backend
-seeds it. Torch-free.
+``max_concurrency`` in flight. With a seed (or seeds), prompt i is sent ``request_prompt_seed(request, i)``,
+as the local backend seeds it. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from xlreward.service.generation.base import chat_messages, prompt_seed, raw_text
+from xlreward.service.generation.base import chat_messages, raw_text, request_prompt_seed
 from xlreward.service.generation.errors import upstream_error
 from xlreward.service.generation.turns import ModelTurns
 from xlreward.service.protocol import (
@@ -127,8 +127,9 @@ class OpenAIUpstream:
         }
         if request.stop:
             body["stop"] = list(request.stop)
-        if request.seed is not None:
-            body["seed"] = prompt_seed(request.seed, index)
+        seed = request_prompt_seed(request, index)
+        if seed is not None:
+            body["seed"] = seed
         if request.top_k:
             body["top_k"] = request.top_k  # vLLM's (and SGLang's) extension
         if request.raw:

@@ -90,6 +90,9 @@ async def run_generation(
     its turns on the model through the scheduler, beside scoring: admitted against the queue's bound,
     fair across tenants, within ``generation_timeout_s``, and stopped when the client goes away."""
     runtime.require_ready()
+    problem = request.seeds_problem()
+    if problem is not None:
+        raise ServiceError(422, "seeds_mismatch", problem, location="seeds")
     count = len(request.prompts) * request.n
     limit = runtime.settings.max_items_per_request
     if count > limit:
