@@ -10,7 +10,8 @@
 4. ``xlreward eval`` logic on the held-out prompts with the oracle judge, against pi^0's outputs.
 5. Reward-model transfer (``transfer.py``): RMs trained with ``xlreward train-rm``, ``xlreward best-of-n``
    from pi_ref reranked by each reward, and a short ``xlreward rl`` (GRPO) run rewarded by the English RM,
-   all judged by the oracle against pi_ref's outputs.
+   all judged by the oracle against pi_ref's outputs. Its runs need only the starting models, so they run
+   beside steps 3 and 4 (on another core, where the machine has one).
 6. The Table-2-shaped table, the transfer table, ``OUT/summary.json`` and ``OUT/win_rates.png``
    (``report.py``).
 """
@@ -23,10 +24,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xlreward.demo import transfer, world
 from xlreward.demo.models import DemoConfig, DemoModels, DemoTasks, build_models
@@ -37,6 +39,7 @@ BASELINE = "pi^0"
 REFERENCE = "pi_ref"  # the transfer part's baseline, as in "Reuse Your Rewards" (the SFT model)
 SERVICE_READY_TIMEOUT_S = 600.0
 LANGUAGES = list(world.LANGUAGES)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -216,29 +219,25 @@ def eval_sampling(run: DemoRun) -> Any:
     return SamplingSettings(max_new_tokens=run.iteration.max_tokens)
 
 
-def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: Path) -> dict[str, Any]:
-    """The transfer part (``transfer.py``); pi_ref's held-out outputs (``evaluate_models``) must exist."""
-    from xlreward.evaluation.judges import OracleJudge
-    from xlreward.evaluation.run import EvalOptions, evaluate
+@dataclass(frozen=True)
+class TransferRuns:
+    """What the transfer part's runs left: the RMs, the best-of-n folder and the GRPO run's folder."""
+
+    reward_models: dict[str, Path]
+    best_of_n: Path
+    grpo: Path
+
+
+def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: Path) -> TransferRuns:
+    """The transfer part's runs (``transfer.py``): RM training, best-of-n and GRPO, each an ``xlreward``
+    command in its own process. They need only the starting models, so they run beside the iterations."""
     from xlreward.service.process import serve_process
 
     settings, out = run.transfer, run.out / "transfer"
     others = [language for language in LANGUAGES if language != "en"]
-    baseline = eval_folder(run, REFERENCE)
 
     def command(arguments: list[str], name: str) -> None:
         run_command(run, arguments, name)
-
-    def judged(outputs: Path, languages: list[str], name: str) -> dict[str, Any]:
-        options = EvalOptions(
-            instructions=[eval_file],
-            languages=languages,
-            model=None,
-            outputs=outputs,
-            out=out / "eval" / name,
-            baseline_outputs=baseline,
-        )
-        return dict(evaluate(options, OracleJudge())["languages"])
 
     run.log("reward-model transfer: one RM per language (xlreward train-rm)")
     reward_models = transfer.train_reward_models(out, run.config, models, settings, command)
@@ -268,23 +267,47 @@ def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: 
             run.out / "config" / "rl.toml", out / "grpo", url, models, train_file, settings, others
         )
         command(["rl", "--config", str(config)], "rl")
-    rows = transfer.best_of_n_rows(judged, folder, others, settings)
+    return TransferRuns(reward_models=reward_models, best_of_n=folder, grpo=out / "grpo")
+
+
+def judge_transfer(run: DemoRun, runs: TransferRuns, eval_file: Path) -> dict[str, Any]:
+    """The transfer part's rows, judged by the oracle against pi_ref's held-out outputs
+    (``evaluate_models``), which must exist; the GRPO policy is sampled here, in this process."""
+    from xlreward.evaluation.judges import OracleJudge
+    from xlreward.evaluation.run import EvalOptions, evaluate
+
+    settings, out = run.transfer, run.out / "transfer"
+    others = [language for language in LANGUAGES if language != "en"]
+    baseline = eval_folder(run, REFERENCE)
+
+    def judged(outputs: Path, languages: list[str], name: str) -> dict[str, Any]:
+        options = EvalOptions(
+            instructions=[eval_file],
+            languages=languages,
+            model=None,
+            outputs=outputs,
+            out=out / "eval" / name,
+            baseline_outputs=baseline,
+        )
+        return dict(evaluate(options, OracleJudge())["languages"])
+
+    rows = transfer.best_of_n_rows(judged, runs.best_of_n, others, settings)
     grpo = EvalOptions(
         instructions=[eval_file],
         languages=LANGUAGES,
-        model=out / "grpo" / "model",
+        model=runs.grpo / "model",
         name="GRPO (English RM)",
         out=out / "eval" / "grpo",
         baseline_outputs=baseline,
         sampling=eval_sampling(run),
     )
     rows["GRPO: English RM"] = dict(evaluate(grpo, OracleJudge())["languages"])
-    rewards = json.loads((out / "grpo" / "final_metrics.json").read_text())["reward"]
+    rewards = json.loads((runs.grpo / "final_metrics.json").read_text())["reward"]
     return {
         "baseline": REFERENCE,
         "n": settings.n,
         "rows": rows,
-        "rm_held_out_accuracy": transfer.held_out_accuracy(reward_models),
+        "rm_held_out_accuracy": transfer.held_out_accuracy(runs.reward_models),
         "grpo_reward": {"first": rewards["first"]["mean"], "last": rewards["last"]["mean"]},
     }
 
@@ -360,32 +383,47 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
     eval_file = write_instructions(run.out / "data" / "eval_instructions.jsonl", tasks.evaluate, "e")
     models = build_models(run.config, run.cache, run.log)
     timings["models_s"] = time.monotonic() - started
-    for mode, iterations, label in (
-        ("cross-lingual", 2, "R_c, 2 iterations"),
-        ("monolingual", 1, "R_m ablation, 1 iteration"),
-    ):
+    # The transfer part needs only the starting models: its commands run beside the iterations, each in its
+    # own process (a process computes the same numbers whatever runs beside it). Its judging waits for
+    # pi_ref's held-out outputs below.
+    with ThreadPoolExecutor(1) as beside:
+        transfer_runs = beside.submit(timed, run_transfer, run, models, train_file, eval_file)
+        for mode, iterations, label in (
+            ("cross-lingual", 2, "R_c, 2 iterations"),
+            ("monolingual", 1, "R_m ablation, 1 iteration"),
+        ):
+            begin = time.monotonic()
+            config = iterate_config(run, models, train_file, mode=mode, iterations=iterations)
+            run_iterate(run, config, label)
+            timings[f"iterate_{mode}_s"] = time.monotonic() - begin
+        trained = {
+            REFERENCE: models.sft,
+            BASELINE: models.pi0,
+            "iteration 1": run.out / "cross-lingual" / "iter-1" / "train" / "model",
+            "iteration 2": run.out / "cross-lingual" / "iter-2" / "train" / "model",
+            "iteration 1 (R_m)": run.out / "monolingual" / "iter-1" / "train" / "model",
+        }
         begin = time.monotonic()
-        run_iterate(run, iterate_config(run, models, train_file, mode=mode, iterations=iterations), label)
-        timings[f"iterate_{mode}_s"] = time.monotonic() - begin
-    trained = {
-        REFERENCE: models.sft,
-        BASELINE: models.pi0,
-        "iteration 1": run.out / "cross-lingual" / "iter-1" / "train" / "model",
-        "iteration 2": run.out / "cross-lingual" / "iter-2" / "train" / "model",
-        "iteration 1 (R_m)": run.out / "monolingual" / "iter-1" / "train" / "model",
-    }
-    begin = time.monotonic()
-    rows = evaluate_models(run, trained, eval_file)
-    timings["evaluate_s"] = time.monotonic() - begin
+        rows = evaluate_models(run, trained, eval_file)
+        timings["evaluate_s"] = time.monotonic() - begin
+        begin = time.monotonic()
+        runs, timings["transfer_runs_s"] = transfer_runs.result()
+        timings["transfer_wait_s"] = time.monotonic() - begin
     accuracy = {
         "R_c iteration 1": pair_accuracy(run.out / "cross-lingual" / "iter-1" / "annotate" / "pairs.jsonl"),
         "R_c iteration 2": pair_accuracy(run.out / "cross-lingual" / "iter-2" / "annotate" / "pairs.jsonl"),
         "R_m iteration 1": pair_accuracy(run.out / "monolingual" / "iter-1" / "annotate" / "pairs.jsonl"),
     }
     begin = time.monotonic()
-    transferred = run_transfer(run, models, train_file, eval_file)
-    timings["transfer_s"] = time.monotonic() - begin
+    transferred = judge_transfer(run, runs, eval_file)
+    timings["transfer_judge_s"] = time.monotonic() - begin
     timings["total_s"] = time.monotonic() - started
     return write_report(
         run.out, rows, accuracy, timings, baseline=BASELINE, languages=LANGUAGES, transfer=transferred
     )
+
+
+def timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``work(*args)`` and the seconds it took."""
+    begin = time.monotonic()
+    return work(*args), time.monotonic() - begin

@@ -24,7 +24,7 @@ from xlreward.worker.instructions import InstructionSet, load_instructions
 from xlreward.worker.jobs import RunSpec, UnitJob
 from xlreward.worker.pair_format import DEFAULT_PAIR_FORMAT, PairFormat
 from xlreward.worker.pairing import ScoredSample, ScoredUnit, pair_language, summarise
-from xlreward.worker.pipeline import GENERATED, SCORED, generate_group, run_scoring
+from xlreward.worker.pipeline import GENERATED, SCORED, generate_group, score_group
 from xlreward.worker.settings import WorkerSettings
 from xlreward.worker.store import ResultStore, open_store, unit_key
 
@@ -138,8 +138,8 @@ def bind_out_dir(out_dir: Path, spec: RunSpec) -> str:
 
 def run_embedded(plan: RunPlan, client: Any, progress: Progress, *, generate_only: bool = False) -> None:
     """Runs the pending units in this process: groups of units sampled in one request each (about
-    ``EMBEDDED_GROUP_SAMPLES`` samples, which the server steps together), then scored one unit per request,
-    a few groups at a time (the service batches their scoring). ``generate_only``: only the units without
+    ``EMBEDDED_GROUP_SAMPLES`` samples, which the server steps together) and scored in another, a few groups
+    at a time (the service batches their scoring together). ``generate_only``: only the units without
     samples, sampled and left unscored."""
     pending = plan.pending(GENERATED if generate_only else SCORED)
     # Small runs are cut finer, so that every thread has a group (their scoring overlaps on the server).
@@ -150,8 +150,7 @@ def run_embedded(plan: RunPlan, client: Any, progress: Progress, *, generate_onl
     def run_group(group: list[UnitJob]) -> int:
         generate_group(group, plan.store, client)
         if not generate_only:
-            for job in group:
-                run_scoring(job, plan.store, client)
+            score_group(group, plan.store, client)
         return len(group)
 
     with ThreadPoolExecutor(EMBEDDED_CONCURRENCY) as pool:

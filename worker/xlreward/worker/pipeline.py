@@ -1,5 +1,7 @@
 """The work of one unit, callable with or without Celery: sample n responses through the reward service,
-score them against the reward prompt as one group (its prompt computed once), store each step once."""
+score them against the reward prompt as one group (its prompt computed once), store each step once. Embedded
+runs do the same for several units per request (``generate_group``, ``score_group``): each unit keeps its
+own seed and its own group, so its results are those it gets alone."""
 
 from __future__ import annotations
 
@@ -71,6 +73,31 @@ def score_samples(job: UnitJob, samples: list[str], client: RewardClient) -> lis
     return rewards
 
 
+def score_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardClient) -> None:
+    """The scores of every unit in ``jobs`` that has none stored, in one request (a group per unit); the
+    units' samples must be stored (``generate_group``)."""
+    missing = [job for job in jobs if store.get(SCORED, job.key) is None]
+    if not missing:
+        return
+    samples = [run_generation(job, store, client) for job in missing]
+    groups = [
+        {"prompt": job.reward_prompt, "responses": texts} for job, texts in zip(missing, samples, strict=True)
+    ]
+    try:
+        ranked = client.reward_groups(groups)
+    except APIError as error:
+        if error.code != "too_many_items" or len(missing) == 1:
+            raise
+        for job in missing:  # the server takes fewer items per request than the group holds
+            run_scoring(job, store, client)
+        return
+    for job, texts, group in zip(missing, samples, ranked, strict=True):
+        rewards = [0.0] * len(texts)
+        for result in group.results:
+            rewards[result.index] = result.reward
+        store.put_once(SCORED, job.key, scored_record(job, texts, rewards))
+
+
 def run_generation(job: UnitJob, store: ResultStore, client: RewardClient) -> list[str]:
     """The unit's samples: stored ones if a previous delivery got that far, else freshly generated."""
     stored = store.get(GENERATED, job.key)
@@ -85,17 +112,14 @@ def run_scoring(job: UnitJob, store: ResultStore, client: RewardClient) -> None:
     if store.get(SCORED, job.key) is not None:
         return
     samples = run_generation(job, store, client)
-    record: dict[str, Any] = {
+    store.put_once(SCORED, job.key, scored_record(job, samples, score_samples(job, samples, client)))
+
+
+def scored_record(job: UnitJob, samples: list[str], rewards: list[float]) -> dict[str, Any]:
+    return {
         "id": job.id,
         "language": job.language,
         "prompt": job.instruction,
         "samples": samples,
-        "rewards": score_samples(job, samples, client),
+        "rewards": rewards,
     }
-    store.put_once(SCORED, job.key, record)
-
-
-def run_unit(job: UnitJob, store: ResultStore, client: RewardClient) -> None:
-    """Both steps, for embedded runs."""
-    run_generation(job, store, client)
-    run_scoring(job, store, client)
