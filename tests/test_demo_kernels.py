@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from xlreward.demo.kernels import PORTABLE_KERNELS, kernel_tag, pin_portable_kernels
+from xlreward.demo.kernels import PORTABLE_KERNELS, SINGLE_THREAD, kernel_tag, pin_portable_kernels
 
 
 def test_pinning_fills_what_the_user_left_unset() -> None:
@@ -40,3 +40,21 @@ def test_pinning_after_torch_is_refused() -> None:
     script = "import torch\nfrom xlreward.demo.kernels import pin_portable_kernels\npin_portable_kernels()\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode != 0 and "before torch is imported" in done.stderr
+
+
+def test_one_thread_per_process_unless_the_user_chose() -> None:
+    """What `xlreward demo` does before torch loads: torch then computes on one thread; a count the user set
+    stands."""
+    script = (
+        "from xlreward.demo.kernels import one_thread_per_process\n"
+        "one_thread_per_process()\n"
+        "import torch\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name not in SINGLE_THREAD}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "1"
+    chosen = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
+    )
+    assert chosen.stdout.strip() == "2"

@@ -51,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xlreward.cli.main import CommandError
-    from xlreward.demo.kernels import pin_portable_kernels
+    from xlreward.demo.kernels import one_thread_per_process, pin_portable_kernels
 
     if not args.native_kernels:
         pin_portable_kernels()  # before anything imports torch
+    one_thread_per_process()
     from xlreward.demo.run import DemoRun, run_demo, run_sweep
 
     if args.broker and not args.broker.startswith(("redis://", "rediss://")):

@@ -37,6 +37,26 @@ def pin_portable_kernels(environ: MutableMapping[str, str] = os.environ) -> dict
     return {name: environ[name] for name in PORTABLE_KERNELS}
 
 
+# One compute thread per process. The demo runs two streams of processes at once (the transfer part beside
+# the iterations), and a machine is often shared (CI beside it): torch's OpenMP threads spin while they wait
+# for each other, so a process with a thread per core stalls whenever another process takes one of those
+# cores (pretraining, about a minute alone, took 7 minutes beside `make test`; an annotation of 34 s was not
+# done after 4 minutes beside an RM's training). These tiny models gain little from a second thread, and
+# the numbers do not depend on the count: seed 0's table was the same to the digit with one and with two.
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def one_thread_per_process(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Sets ``SINGLE_THREAD`` in ``environ`` (child processes inherit it) before torch loads, unless the user
+    set either variable: a thread count is one choice (torch takes the smaller of the two). Returns the
+    settings in force."""
+    if "torch" in sys.modules and environ is os.environ:
+        raise RuntimeError("one_thread_per_process must run before torch is imported")
+    if not any(name in environ for name in SINGLE_THREAD):
+        environ.update(SINGLE_THREAD)
+    return {name: environ[name] for name in SINGLE_THREAD if name in environ}
+
+
 def kernel_tag(environ: MutableMapping[str, str] = os.environ) -> str:
     """ "portable" when the demo's kernels are pinned (``pin_portable_kernels``), else "native": models built
     under one are cached apart from the other's, since they differ."""

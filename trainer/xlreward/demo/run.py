@@ -384,9 +384,9 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
     models = build_models(run.config, run.cache, run.log)
     timings["models_s"] = time.monotonic() - started
     # The transfer part needs only the starting models: its commands run beside the iterations, each in its
-    # own process (a process computes the same numbers whatever runs beside it). Its judging waits for
-    # pi_ref's held-out outputs below.
-    with one_thread_each(), ThreadPoolExecutor(1) as beside:
+    # own process on one thread (``kernels.one_thread_per_process``), which computes the same numbers
+    # whatever runs beside it. Its judging waits for pi_ref's held-out outputs below.
+    with ThreadPoolExecutor(1) as beside:
         transfer_runs = beside.submit(timed, run_transfer, run, models, train_file, eval_file)
         for mode, iterations, label in (
             ("cross-lingual", 2, "R_c, 2 iterations"),
@@ -421,33 +421,6 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
     return write_report(
         run.out, rows, accuracy, timings, baseline=BASELINE, languages=LANGUAGES, transfer=transferred
     )
-
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextmanager
-def one_thread_each() -> Iterator[None]:
-    """While two streams of work share the machine, each process (this one, and those started meanwhile)
-    computes on one thread. torch's OpenMP threads spin while they wait for each other: two processes with a
-    thread per core each slowed each other many times over (iteration 1's annotation, 34 s alone, was not done
-    after 4 minutes beside an RM's training). The numbers stay the same: these kernels split rows across
-    threads, not the sums within a row (seed 0's table was the same to the digit either way)."""
-    import torch
-
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    threads = torch.get_num_threads()
-    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
