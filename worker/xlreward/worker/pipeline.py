@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from xlreward.client import APIError, RewardClient
+from xlreward.client import APIError, GroupResult, RewardClient
 from xlreward.worker.jobs import UnitJob
 from xlreward.worker.store import ResultStore
 
@@ -55,8 +55,8 @@ def generate_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardCl
     except APIError as error:
         if error.code != "too_many_items" or len(missing) == 1:
             raise
-        # The server takes fewer samples per request than the group holds: one unit at a time, then (the
-        # same seeds, so the same samples).
+        # The server takes fewer samples per request than the group holds: one unit per request instead,
+        # with the same seeds, so the same samples.
         for job in missing:
             run_generation(job, store, client)
         return
@@ -66,8 +66,12 @@ def generate_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardCl
 
 def score_samples(job: UnitJob, samples: list[str], client: RewardClient) -> list[float]:
     """Implicit rewards of the samples under the reward prompt, in sample order."""
-    group = client.rank(job.reward_prompt, samples)
-    rewards = [0.0] * len(samples)
+    return in_sample_order(client.rank(job.reward_prompt, samples), len(samples))
+
+
+def in_sample_order(group: GroupResult, count: int) -> list[float]:
+    """A ranked group's rewards back in the order its responses were sent (``index``)."""
+    rewards = [0.0] * count
     for result in group.results:
         rewards[result.index] = result.reward
     return rewards
@@ -92,10 +96,7 @@ def score_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardClien
             run_scoring(job, store, client)
         return
     for job, texts, group in zip(missing, samples, ranked, strict=True):
-        rewards = [0.0] * len(texts)
-        for result in group.results:
-            rewards[result.index] = result.reward
-        store.put_once(SCORED, job.key, scored_record(job, texts, rewards))
+        store.put_once(SCORED, job.key, scored_record(job, texts, in_sample_order(group, len(texts))))
 
 
 def run_generation(job: UnitJob, store: ResultStore, client: RewardClient) -> list[str]:
