@@ -25,15 +25,15 @@ def test_pinning_fills_what_the_user_left_unset() -> None:
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="AVX2 is an x86-64 instruction set")
 def test_torch_sees_the_pinned_kernels() -> None:
     """What `xlreward demo` does, in a fresh process: pin, then import torch; torch reports AVX2."""
-    script = (
-        "from xlreward.demo.kernels import pin_portable_kernels\n"
-        "pin_portable_kernels()\n"
-        "import torch\n"
-        "print(torch.backends.cpu.get_cpu_capability())\n"
-    )
     env = {name: value for name, value in os.environ.items() if name not in PORTABLE_KERNELS}
+    assert torch_after("pin_portable_kernels", "torch.backends.cpu.get_cpu_capability()", env) == "AVX2"
+
+
+def torch_after(setting: str, expression: str, env: dict[str, str]) -> str:
+    """What ``expression`` prints in a fresh process that applies ``setting`` and then imports torch."""
+    script = f"from xlreward.demo.kernels import {setting}\n{setting}()\nimport torch\nprint({expression})\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip() == "AVX2"
+    return done.stdout.strip()
 
 
 def test_pinning_after_torch_is_refused() -> None:
@@ -45,16 +45,7 @@ def test_pinning_after_torch_is_refused() -> None:
 def test_one_thread_per_process_unless_the_user_chose() -> None:
     """What `xlreward demo` does before torch loads: torch then computes on one thread; a count the user set
     stands."""
-    script = (
-        "from xlreward.demo.kernels import one_thread_per_process\n"
-        "one_thread_per_process()\n"
-        "import torch\n"
-        "print(torch.get_num_threads())\n"
-    )
     env = {name: value for name, value in os.environ.items() if name not in SINGLE_THREAD}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip() == "1"
-    chosen = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
-    )
-    assert chosen.stdout.strip() == "2"
+    threads = "torch.get_num_threads()"
+    assert torch_after("one_thread_per_process", threads, env) == "1"
+    assert torch_after("one_thread_per_process", threads, {**env, "OMP_NUM_THREADS": "2"}) == "2"

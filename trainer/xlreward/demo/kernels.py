@@ -30,8 +30,7 @@ def pin_portable_kernels(environ: MutableMapping[str, str] = os.environ) -> dict
     """Sets each of ``PORTABLE_KERNELS`` not already set in ``environ`` (child processes inherit them);
     returns the settings in force. RuntimeError if torch is already imported in this process, where they
     would come too late."""
-    if "torch" in sys.modules and environ is os.environ:
-        raise RuntimeError("pin_portable_kernels must run before torch is imported")
+    _before_torch("pin_portable_kernels", environ)
     for name, value in PORTABLE_KERNELS.items():
         environ.setdefault(name, value)
     return {name: environ[name] for name in PORTABLE_KERNELS}
@@ -50,11 +49,16 @@ def one_thread_per_process(environ: MutableMapping[str, str] = os.environ) -> di
     """Sets ``SINGLE_THREAD`` in ``environ`` (child processes inherit it) before torch loads, unless the user
     set either variable: a thread count is one choice (torch takes the smaller of the two). Returns the
     settings in force."""
-    if "torch" in sys.modules and environ is os.environ:
-        raise RuntimeError("one_thread_per_process must run before torch is imported")
+    _before_torch("one_thread_per_process", environ)
     if not any(name in environ for name in SINGLE_THREAD):
         environ.update(SINGLE_THREAD)
     return {name: environ[name] for name in SINGLE_THREAD if name in environ}
+
+
+def _before_torch(setting: str, environ: MutableMapping[str, str]) -> None:
+    """RuntimeError if torch is already imported in this process: it reads these variables when it loads."""
+    if "torch" in sys.modules and environ is os.environ:
+        raise RuntimeError(f"{setting} must run before torch is imported")
 
 
 def kernel_tag(environ: MutableMapping[str, str] = os.environ) -> str:

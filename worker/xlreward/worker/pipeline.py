@@ -16,42 +16,34 @@ GENERATED = "generated"
 SCORED = "scored"
 
 
-def generate_samples(job: UnitJob, client: RewardClient) -> list[str]:
-    """n samples of the raw target-language instruction in the policy's chat template (no language hint),
-    stripped (METHOD.md step 2)."""
+def generate_samples(jobs: Sequence[UnitJob], client: RewardClient) -> list[list[str]]:
+    """n samples per unit of the raw target-language instruction in the policy's chat template (no language
+    hint), stripped (METHOD.md step 2), in one request. Each unit has its own seed (``seeds``), so it samples
+    as it would alone; the units must share their sampling settings (those of one run do)."""
+    first = jobs[0]
+    settings = {(job.samples, job.temperature, job.top_p, job.top_k, job.max_tokens) for job in jobs}
+    if len(settings) != 1:
+        raise ValueError("units sampled in one request must share their sampling settings")
     response = client.generate(
-        [job.instruction],
-        n=job.samples,
-        temperature=job.temperature,
-        top_p=job.top_p,
-        top_k=job.top_k,
-        max_tokens=job.max_tokens,
-        seed=job.seed,
+        [job.instruction for job in jobs],
+        n=first.samples,
+        temperature=first.temperature,
+        top_p=first.top_p,
+        top_k=first.top_k,
+        max_tokens=first.max_tokens,
+        seed=[job.seed for job in jobs],
     )
-    return [completion.text.strip() for completion in response.results[0].completions]
+    return [[completion.text.strip() for completion in result.completions] for result in response.results]
 
 
 def generate_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardClient) -> None:
-    """The samples of every unit in ``jobs`` that has none stored, in one request: each unit with its own
-    seed, so it samples as it would alone (``seeds``), while the server steps all its rows together. The units
-    must share their sampling settings (those of one run do)."""
+    """The samples of every unit in ``jobs`` that has none stored, in one request, while the server steps
+    all its rows together."""
     missing = [job for job in jobs if store.get(GENERATED, job.key) is None]
     if not missing:
         return
-    first = missing[0]
-    settings = {(job.samples, job.temperature, job.top_p, job.top_k, job.max_tokens) for job in missing}
-    if len(settings) != 1:
-        raise ValueError("units sampled in one request must share their sampling settings")
     try:
-        response = client.generate(
-            [job.instruction for job in missing],
-            n=first.samples,
-            temperature=first.temperature,
-            top_p=first.top_p,
-            top_k=first.top_k,
-            max_tokens=first.max_tokens,
-            seed=[job.seed for job in missing],
-        )
+        sampled = generate_samples(missing, client)
     except APIError as error:
         if error.code != "too_many_items" or len(missing) == 1:
             raise
@@ -60,8 +52,8 @@ def generate_group(jobs: Sequence[UnitJob], store: ResultStore, client: RewardCl
         for job in missing:
             run_generation(job, store, client)
         return
-    for job, result in zip(missing, response.results, strict=True):
-        store.put_once(GENERATED, job.key, {"samples": [c.text.strip() for c in result.completions]})
+    for job, samples in zip(missing, sampled, strict=True):
+        store.put_once(GENERATED, job.key, {"samples": samples})
 
 
 def score_samples(job: UnitJob, samples: list[str], client: RewardClient) -> list[float]:
@@ -103,7 +95,7 @@ def run_generation(job: UnitJob, store: ResultStore, client: RewardClient) -> li
     """The unit's samples: stored ones if a previous delivery got that far, else freshly generated."""
     stored = store.get(GENERATED, job.key)
     if stored is None:
-        store.put_once(GENERATED, job.key, {"samples": generate_samples(job, client)})
+        store.put_once(GENERATED, job.key, {"samples": generate_samples([job], client)[0]})
         stored = store.get(GENERATED, job.key)
     assert stored is not None
     return list(stored["samples"])
