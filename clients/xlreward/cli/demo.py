@@ -51,17 +51,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xlreward.cli.main import CommandError
-    from xlreward.demo.kernels import one_thread_per_process, pin_portable_kernels
+    from xlreward.demo.kernels import model_build_threads, one_thread_per_process, pin_portable_kernels
 
     if not args.native_kernels:
         pin_portable_kernels()  # before anything imports torch
+    build_threads = model_build_threads()  # before one_thread_per_process sets the count it looks for
     one_thread_per_process()
     from xlreward.demo.run import DemoRun, run_demo, run_sweep
 
     if args.broker and not args.broker.startswith(("redis://", "rediss://")):
         raise CommandError(f"--broker {args.broker}: give a Redis URL such as redis://127.0.0.1:6379/0")
     try:
-        run = DemoRun(out=Path(args.out), cache=Path(args.cache), broker=args.broker)
+        run = DemoRun(
+            out=Path(args.out), cache=Path(args.cache), broker=args.broker, build_threads=build_threads
+        )
         if args.seeds:
             run_sweep(run, args.seeds)
         else:

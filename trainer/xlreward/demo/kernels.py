@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 PORTABLE_KERNELS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
@@ -40,8 +40,9 @@ def pin_portable_kernels(environ: MutableMapping[str, str] = os.environ) -> dict
 # the iterations), and a machine is often shared (CI beside it): torch's OpenMP threads spin while they wait
 # for each other, so a process with a thread per core stalls whenever another process takes one of those
 # cores (pretraining, about a minute alone, took 7 minutes beside `make test`; an annotation of 34 s was not
-# done after 4 minutes beside an RM's training). These tiny models gain little from a second thread, and
-# the numbers do not depend on the count: seed 0's table was the same to the digit with one and with two.
+# done after 4 minutes beside an RM's training). The numbers do not depend on the count: seed 0's table was
+# the same to the digit with one and with two. The one stage that runs alone, the model build, may take a
+# second thread while it pays (``model_build_threads``, ``thread_choice``).
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -53,6 +54,15 @@ def one_thread_per_process(environ: MutableMapping[str, str] = os.environ) -> di
     if not any(name in environ for name in SINGLE_THREAD):
         environ.update(SINGLE_THREAD)
     return {name: environ[name] for name in SINGLE_THREAD if name in environ}
+
+
+def model_build_threads(environ: Mapping[str, str] = os.environ) -> tuple[int, ...]:
+    """The thread counts the model build may choose between (``thread_choice``): one and two, where the
+    machine has two cores or more and the user set no count (a count the user set is kept). Call it before
+    ``one_thread_per_process``, which sets the variables it looks for."""
+    if any(name in environ for name in SINGLE_THREAD) or (os.cpu_count() or 1) < 2:
+        return ()
+    return (1, 2)
 
 
 def _before_torch(setting: str, environ: MutableMapping[str, str]) -> None:

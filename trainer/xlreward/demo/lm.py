@@ -13,7 +13,10 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xlreward.demo.thread_choice import ThreadChooser
 
 IGNORE = -100
 Sequence_ = tuple[list[int], list[int]]
@@ -58,10 +61,19 @@ def chat_sequences(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[Seq
     return sequences
 
 
-def train_lm(model: Any, sequences: list[Sequence_], settings: LMTraining, pad_token_id: int) -> list[float]:
-    """AdamW with linear warm-up and cosine decay over random batches; returns the loss every 50 steps."""
+def train_lm(
+    model: Any,
+    sequences: list[Sequence_],
+    settings: LMTraining,
+    pad_token_id: int,
+    chooser: ThreadChooser | None = None,
+) -> list[float]:
+    """AdamW with linear warm-up and cosine decay over random batches; returns the loss every 50 steps.
+    ``chooser`` sets the thread count step by step (``thread_choice``; the numbers do not depend on it);
+    without one, torch's count as it is."""
     import torch
 
+    threads_before = torch.get_num_threads()
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -69,6 +81,8 @@ def train_lm(model: Any, sequences: list[Sequence_], settings: LMTraining, pad_t
     model.train()
     losses = []
     for step in range(settings.steps):
+        if chooser:
+            chooser.before_step(step)
         ids, labels, mask = _batch(
             rng.sample(sequences, min(settings.batch_size, len(sequences))), pad_token_id
         )
@@ -78,8 +92,11 @@ def train_lm(model: Any, sequences: list[Sequence_], settings: LMTraining, pad_t
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if chooser:
+            chooser.after_step()
         if step % 50 == 0 or step == settings.steps - 1:
             losses.append(round(float(loss.detach()), 4))
+    torch.set_num_threads(threads_before)
     model.eval()
     return losses
 

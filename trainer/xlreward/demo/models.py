@@ -18,13 +18,16 @@ import hashlib
 import json
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlreward.demo import world
 from xlreward.demo.lm import LMTraining, chat_sequences, text_sequences, train_lm
+
+if TYPE_CHECKING:
+    from xlreward.demo.thread_choice import ThreadChooser
 
 BUILDER_VERSION = 4
 Log = Callable[[str], None]
@@ -130,7 +133,9 @@ def model_folder(config: DemoConfig, cache_root: Path) -> Path:
     return cache_root / f"{config.key()}-{kernel_tag()}"
 
 
-def build_models(config: DemoConfig, cache_root: Path, log: Log) -> DemoModels:
+def build_models(config: DemoConfig, cache_root: Path, log: Log, threads: Sequence[int] = ()) -> DemoModels:
+    """pi_ref and pi^0 of ``config``, from the cache or built. ``threads``: the thread counts pretraining and
+    SFT may run on, the faster measured as they go (``thread_choice``); none: torch's count as it is."""
     folder = model_folder(config, cache_root)
     models = DemoModels(sft=folder / "sft", pi0=folder / "pi0" / "model")
     if (folder / "COMPLETE").exists():
@@ -140,16 +145,17 @@ def build_models(config: DemoConfig, cache_root: Path, log: Log) -> DemoModels:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
     if not (models.sft / "config.json").exists():
-        _build_sft(config, tasks, models.sft, log)
+        _build_sft(config, tasks, models.sft, log, threads)
     shutil.rmtree(folder / "pi0", ignore_errors=True)  # a half-trained pi^0 is not resumed: it is short
     _build_pi0(config, tasks, models.sft, folder, log)
     (folder / "COMPLETE").touch()
     return models
 
 
-def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log) -> None:
+def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log, threads: Sequence[int]) -> None:
     import torch
 
+    from xlreward.demo.thread_choice import torch_thread_chooser
     from xlreward.trainer.tiny_models import TinySpec, build_model, build_tokenizer
 
     torch.manual_seed(config.seed)
@@ -161,16 +167,25 @@ def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log) -> Non
     spec = TinySpec(hidden_size=config.hidden_size, num_layers=config.num_layers, initializer_range=0.02)
     model = build_model(spec, tokenizer, config.seed)
     log(f"pretraining a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter base model")
-    losses = train_lm(model, text_sequences(tokenizer, documents), config.pretrain, tokenizer.pad_token_id)
-    log(f"pretraining loss {losses[0]} -> {losses[-1]}; SFT on mixed-quality responses (pi_ref)")
-    losses = train_lm(model, chat_sequences(tokenizer, sft), config.sft, tokenizer.pad_token_id)
-    log(f"SFT loss {losses[0]} -> {losses[-1]}")
+    chooser = torch_thread_chooser(threads)
+    sequences = text_sequences(tokenizer, documents)
+    losses = train_lm(model, sequences, config.pretrain, tokenizer.pad_token_id, chooser)
+    log(
+        f"pretraining loss {losses[0]} -> {losses[-1]}{_on(chooser)}; SFT on mixed-quality responses (pi_ref)"
+    )
+    chooser = torch_thread_chooser(threads)
+    losses = train_lm(model, chat_sequences(tokenizer, sft), config.sft, tokenizer.pad_token_id, chooser)
+    log(f"SFT loss {losses[0]} -> {losses[-1]}{_on(chooser)}")
     staging = out.with_name(out.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
+
+
+def _on(chooser: ThreadChooser | None) -> str:
+    return f" ({chooser.summary()})" if chooser else ""
 
 
 def tokenizer_corpus(documents: list[str], sft: list[tuple[str, str]]) -> list[str]:

@@ -72,6 +72,9 @@ class DemoRun:
     config: DemoConfig = field(default_factory=DemoConfig)
     iteration: IterationSettings = field(default_factory=IterationSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    # Thread counts the model build may run on, the faster measured as it goes (``thread_choice``): it runs
+    # alone, so a second thread pays unless another job takes the core. None or one: torch's count.
+    build_threads: tuple[int, ...] = ()
     log: Callable[[str], None] = lambda message: print(
         f"xlreward demo: {message}", file=sys.stderr, flush=True
     )
@@ -381,7 +384,7 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
     tasks = DemoTasks.build(run.config.split)
     train_file = write_instructions(run.out / "data" / "train_instructions.jsonl", tasks.iterate, "t")
     eval_file = write_instructions(run.out / "data" / "eval_instructions.jsonl", tasks.evaluate, "e")
-    models = build_models(run.config, run.cache, run.log)
+    models = build_models(run.config, run.cache, run.log, run.build_threads)
     timings["models_s"] = time.monotonic() - started
     # The transfer part needs only the starting models: its commands run beside the iterations, each in its
     # own process on one thread (``kernels.one_thread_per_process``), which computes the same numbers
