@@ -42,20 +42,35 @@ def test_it_runs_on_the_faster_count_and_measures_again_when_the_load_changes() 
     for index in range(20):
         clock.step(chooser, index)
     assert chooser.chosen == 2 and clock.calls == [1, 2]  # steps 0-2 on one thread, 3-5 on two, then two
-    clock.cost = {1: 1.0, 2: 4.0}  # another job takes a core: two threads stall
-    for index in range(20, 40):
+    clock.cost = {1: 1.0, 2: 4.0}  # at step 20 another job takes a core: two threads stall
+    for index in range(20, 32):
         clock.step(chooser, index)
-    assert chooser.chosen == 1 and clock.calls == [1, 2, 1, 2, 1]
-    assert chooser.summary() == "threads 2, 1"
+    # The trial at step 20 (the recheck) finds it out at once.
+    assert chooser.chosen == 1 and clock.calls == [1, 2, 1, 2, 1] and chooser.measured == {1: 1.0, 2: 4.0}
+    clock.cost = {1: 1.0, 2: 0.6}  # quiet again: one thread runs on until the next recheck, at step 40
+    for index in range(32, 50):
+        clock.step(chooser, index)
+    assert chooser.chosen == 2 and chooser.summary() == "threads 2, 1, 2"
+
+
+def test_a_count_that_slows_down_is_measured_again_before_the_recheck() -> None:
+    clock = StepClock({1: 1.0, 2: 0.6})
+    chooser = ThreadChooser([1, 2], clock.set_threads, clock, trial_steps=3, recheck_steps=1000)
+    for index in range(10):
+        clock.step(chooser, index)
+    clock.cost = {1: 1.0, 2: 4.0}
+    for index in range(10, 30):  # 5 slow steps on two threads, then a trial, then one thread
+        clock.step(chooser, index)
+    assert chooser.history == [2, 1] and clock.calls == [1, 2, 1, 2, 1]
 
 
 def test_the_first_step_after_a_switch_is_not_timed() -> None:
     """Waking a thread pool makes one slow step, which says nothing about the count just set."""
     clock = StepClock({1: 1.0, 2: 0.6}, wake=50.0)
     chooser = ThreadChooser([1, 2], clock.set_threads, clock, trial_steps=3, recheck_steps=20)
-    for index in range(6):
+    for index in range(7):
         clock.step(chooser, index)
-    assert chooser.timings == {1: [1.0, 1.0], 2: [pytest.approx(0.6), pytest.approx(0.6)]}
+    assert chooser.measured == {1: 1.0, 2: pytest.approx(0.6)}
 
 
 def test_the_build_chooses_between_one_and_two_unless_the_user_set_a_count() -> None:

@@ -15,62 +15,82 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-TRIAL_STEPS = 6  # steps timed per count; the first one after a switch is left out (the pool wakes up)
-RECHECK_STEPS = 200  # steps between trials: a trial of two counts costs a few slow steps
+TRIAL_STEPS = 4  # steps run per count in a trial; the first one is not timed (the pool wakes up)
+RECHECK_STEPS = 200  # steps between trials: a count that lost may have become the faster
+SLOWDOWN = 1.5  # a trial starts early when the chosen count's steps take this much longer than another's did
+RECENT_STEPS = 5  # steps whose median says how fast the chosen count runs now
 
 
 @dataclass
 class ThreadChooser:
-    """Call ``before_step(step)`` and ``after_step()`` around each step. ``set_threads`` and ``clock`` are
-    torch's and the monotonic clock outside tests."""
+    """Call ``before_step(step)`` and ``after_step()`` around each step. A trial runs ``trial_steps`` steps
+    on each count and chooses the one with the fastest median step; the next trial comes after
+    ``recheck_steps`` steps, or at once when the chosen count slows down past what another count ran at
+    (another job took a core: two threads then stall for many times a step's work). ``set_threads`` and
+    ``clock`` are torch's and the monotonic clock outside tests."""
 
     candidates: Sequence[int]
     set_threads: Callable[[int], None]
     clock: Callable[[], float] = time.perf_counter
     trial_steps: int = TRIAL_STEPS
     recheck_steps: int = RECHECK_STEPS
-    chosen: int | None = None
-    timings: dict[int, list[float]] = field(default_factory=dict)
+    chosen: int | None = None  # None during a trial
+    measured: dict[int, float] = field(default_factory=dict)  # each count's median step at the last trial
     history: list[int] = field(default_factory=list)  # the count chosen at each trial, in order
+    _trial: dict[int, list[float]] = field(default_factory=dict)
+    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
+    _trial_start: int = 0
     _current: int | None = None
-    _started: float = 0.0
     _timed: bool = False
-
-    def _count_at(self, step: int) -> int | None:
-        """The count a trial runs ``step`` with, or None outside a trial."""
-        position = step % self.recheck_steps
-        index = position // self.trial_steps
-        return self.candidates[index] if index < len(self.candidates) else None
+    _started: float = 0.0
 
     def before_step(self, step: int) -> None:
-        if step % self.recheck_steps == 0:  # a new trial: what was measured before is stale
-            self.timings, self.chosen = {}, None
-        trial = self._count_at(step)
-        if trial is None and self.chosen is None:
+        if self.chosen is not None and (step - self._trial_start >= self.recheck_steps or self._slowed()):
+            self.chosen, self._trial, self._trial_start = None, {}, step
+        position = step - self._trial_start
+        if self.chosen is None and position >= len(self.candidates) * self.trial_steps:
             self._choose()
-        count = trial if trial is not None else self.chosen
-        assert count is not None
-        self._timed = trial is not None and step % self.trial_steps != 0
+        if self.chosen is None:
+            count, self._timed = (
+                self.candidates[position // self.trial_steps],
+                position % self.trial_steps > 0,
+            )
+        else:
+            count, self._timed = self.chosen, True
         if count != self._current:
             self.set_threads(count)
             self._current = count
         self._started = self.clock()
 
     def after_step(self) -> None:
-        if self._timed and self._current is not None:
-            self.timings.setdefault(self._current, []).append(self.clock() - self._started)
+        if not self._timed or self._current is None:
+            return
+        elapsed = self.clock() - self._started
+        if self.chosen is None:
+            self._trial.setdefault(self._current, []).append(elapsed)
+        else:
+            self._recent.append(elapsed)
 
     def summary(self) -> str:
         """The count chosen at each trial, in order, e.g. "threads 2, 2, 1, 2"."""
         return "threads " + ", ".join(str(count) for count in self.history)
 
+    def _slowed(self) -> bool:
+        others = [seconds for count, seconds in self.measured.items() if count != self.chosen]
+        full = len(self._recent) == self._recent.maxlen
+        return full and bool(others) and statistics.median(self._recent) > SLOWDOWN * min(others)
+
     def _choose(self) -> None:
-        measured = {count: statistics.median(times) for count, times in self.timings.items() if times}
-        self.chosen = min(measured, key=lambda count: measured[count]) if measured else self.candidates[0]
+        self.measured = {count: statistics.median(times) for count, times in self._trial.items() if times}
+        self.chosen = (
+            min(self.measured, key=self.measured.__getitem__) if self.measured else self.candidates[0]
+        )
         self.history.append(self.chosen)
+        self._recent.clear()
 
 
 def torch_thread_chooser(candidates: Sequence[int]) -> ThreadChooser | None:
