@@ -50,7 +50,12 @@ class IterationSettings:
     temperature: float = 0.9
     top_p: float = 0.9
     max_tokens: int = 40
-    lr: float = 5e-4
+    # Half the rate and twice the NLL weight of 2026-12-04's settings. The iterations train on first/last
+    # prompts only, and at 5e-4 with NLL 1 the held-out copy task, never trained, collapsed at some seeds
+    # (German at seed 1: pi^0 right 90% of the time, iteration 2 5%, answering "Hier" and stopping, learnt
+    # from a few chosen samples ending "...kommtHier"). Iteration 2's German win rate at seeds 0, 1, 2 went
+    # from 69.0, 50.3, 59.3 to 64.7, 60.0, 63.0.
+    lr: float = 2.5e-4
     epochs: float = 3.0  # the pairs are right 97-99% of the time at iteration 1: learn more from them
     # Whose implicit reward scores iteration 2's samples: pi^0's, as in iteration 1 ("initial"), or the
     # policy's being iterated ("current", pi^1). Measured on iteration 2's Spanish and German samples,
@@ -60,7 +65,7 @@ class IterationSettings:
     reference: str = "sft"  # with "current": the scoring reference, pi_ref or "previous" (pi^1 vs pi^0)
     batch_size: int = 16
     beta: float = 0.5
-    nll_weight: float = 1.0
+    nll_weight: float = 2.0
     seed: int = 42  # of the annotation runs' sampling and of training
 
 
