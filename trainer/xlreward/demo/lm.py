@@ -1,8 +1,9 @@
 """Next-token training of the demo's tiny models: pretraining on text, SFT on chat-templated pairs.
 
-A plain torch loop rather than TRL's SFTTrainer: these models are ~0.2M parameters and a step is a few
-milliseconds of compute, so the Trainer machinery's per-step cost (callbacks, logging, data loader
-workers) would dominate the demo's run time. The DPO stages use the project's trainer (TRL's DPOTrainer).
+A plain torch loop rather than TRL's SFTTrainer: these models are 0.35M parameters and a step is about
+0.1 s of compute on one core, so the Trainer machinery's per-step cost (callbacks, logging, data loader
+workers) would be a large share of the demo's run time, and a plain loop can change its thread count between
+steps (``thread_choice``). The DPO stages use the project's trainer (TRL's DPOTrainer).
 
 Sequences are (input_ids, labels) with labels -100 where no loss is taken (the prompt in SFT, padding).
 """
