@@ -170,12 +170,11 @@ def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log, thread
     chooser = torch_thread_chooser(threads)
     sequences = text_sequences(tokenizer, documents)
     losses = train_lm(model, sequences, config.pretrain, tokenizer.pad_token_id, chooser)
-    log(
-        f"pretraining loss {losses[0]} -> {losses[-1]}{_on(chooser)}; SFT on mixed-quality responses (pi_ref)"
-    )
+    log(f"pretraining loss {losses[0]} -> {losses[-1]}{_threads_chosen(chooser)}")
+    log("SFT on mixed-quality responses (pi_ref)")
     chooser = torch_thread_chooser(threads)
     losses = train_lm(model, chat_sequences(tokenizer, sft), config.sft, tokenizer.pad_token_id, chooser)
-    log(f"SFT loss {losses[0]} -> {losses[-1]}{_on(chooser)}")
+    log(f"SFT loss {losses[0]} -> {losses[-1]}{_threads_chosen(chooser)}")
     staging = out.with_name(out.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -184,7 +183,7 @@ def _build_sft(config: DemoConfig, tasks: DemoTasks, out: Path, log: Log, thread
     staging.rename(out)
 
 
-def _on(chooser: ThreadChooser | None) -> str:
+def _threads_chosen(chooser: ThreadChooser | None) -> str:
     return f" ({chooser.summary()})" if chooser else ""
 
 

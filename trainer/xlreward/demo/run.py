@@ -78,7 +78,7 @@ class DemoRun:
     iteration: IterationSettings = field(default_factory=IterationSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
     # Thread counts the model build may run on, the faster measured as it goes (``thread_choice``): it runs
-    # alone, so a second thread pays unless another job takes the core. None or one: torch's count.
+    # alone, so a second thread pays unless another job takes the core. Empty or one: torch's count.
     build_threads: tuple[int, ...] = ()
     log: Callable[[str], None] = lambda message: print(
         f"xlreward demo: {message}", file=sys.stderr, flush=True
