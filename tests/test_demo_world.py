@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -46,6 +47,29 @@ def test_broad_flaws_reach_answers_no_near_miss_gives() -> None:
     broad = {world.flawed_answer(task, rng, world.Flaws(breadth=1.0, max_operand=40)) for _ in range(500)}
     assert near == {"7"}
     assert len(broad) > 30 and "12" not in broad and broad <= {str(n) for n in range(41)}
+
+
+def test_name_breadth_keeps_the_right_name_the_likeliest_in_mostly_wrong_data() -> None:
+    """Responses to "which name comes first" that are right 10% of the time: with near misses every other
+    name of the list is said more often than the right one; with ``name_breadth=1`` the wrong names spread
+    over the world's twelve and the right one is said most. Lists of names keep their near misses."""
+    task = world.Task("first", names=("Ana", "Bob", "Eva"))
+    near, broad = world.Flaws(breadth=0.5), world.Flaws(breadth=0.5, name_breadth=1.0)
+
+    def answers(flaws: world.Flaws) -> Counter[str]:
+        rng = random.Random(0)
+        return Counter(
+            world.sft_response(task, "es", rng, correct_rate=0.1, filler_rate=0.0, flaws=flaws).split()[-1][
+                :-1
+            ]
+            for _ in range(3000)
+        )
+
+    said = answers(near)
+    assert said["Ana"] < min(said["Bob"], said["Eva"])
+    assert answers(broad).most_common(1)[0][0] == "Ana"
+    copy = world.Task("copy", names=("Ana", "Bob", "Eva"))
+    assert broad.breadth_for(copy.kind) == 0.5 and broad.breadth_for(task.kind) == 1.0
 
 
 def test_every_slice_of_the_tasks_holds_each_kind_equally_often() -> None:

@@ -180,6 +180,26 @@ def test_lora_run_writes_a_merged_classifier(llama_pair: Any, pairs_file: Path, 
     assert load_classifier(result.model_dir, device="cpu", dtype="float32").kind == "classifier"
 
 
+def test_freeze_embeddings_keeps_the_input_embeddings_and_trains_the_rest(
+    llama_pair: Any, pairs_file: Path, tmp_path: Path
+) -> None:
+    """--freeze-embeddings: the saved classifier's token embeddings are the SFT model's to the bit, while the
+    layers above them and the new head did train."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    assert main(argv(pairs_file, llama_pair.policy, out, *FAST, "--lr", "1e-3", "--max-steps", "3",
+                     "--freeze-embeddings")) == 0  # fmt: skip
+    before = load_file(Path(llama_pair.policy) / "model.safetensors")
+    after = load_file(out / "model" / "model.safetensors")
+    embeddings = "model.embed_tokens.weight"
+    assert after[embeddings].equal(before[embeddings])
+    layer = "model.layers.0.self_attn.q_proj.weight"
+    assert not after[layer].equal(before[layer])
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["options"]["freeze_embeddings"] is True
+
+
 def test_rerun_resumes_from_the_last_checkpoint(llama_pair: Any, pairs_file: Path, tmp_path: Path) -> None:
     """A run of 2 steps, re-run asking for 3: it continues at step 3 from checkpoint-2 (the trainer state
     carries the first run's losses), and metrics.jsonl holds each step once."""

@@ -19,7 +19,7 @@ import json
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,13 @@ class DemoConfig:
     sft_filler_rate: float = 0.3
     sft_directive_share: float = 0.5  # of the SFT tasks, the share also given as directive + English prompts
     flaw_breadth: float = 0.5  # of the flawed answers in pretraining and SFT, the share that is any wrong one
+    # ``flaw_breadth`` of the non-English SFT data's wrong picks of one name (first, last): all are any
+    # name of the world. With near misses (another name of the list) in data that is right 10% of the time,
+    # pi_ref learnt to avoid the right name: ranked by its likelihood, the right name came first for 20-24%
+    # of the Spanish and German first/last prompts, below chance, so a reward model built on it had nothing
+    # in those languages to carry its English learning to (best-of-16 with the English RM: 48-61%). Drawn
+    # from all names, the right one stays the likeliest and pi_ref's samples stay as wrong as before.
+    sft_name_flaw_breadth: float = 1.0
     english_samples: int = 4
     dpo_lr: float = 3e-4
     dpo_epochs: float = 2.0
@@ -85,6 +92,12 @@ class DemoConfig:
     @property
     def flaws(self) -> world.Flaws:
         return world.Flaws(breadth=self.flaw_breadth, max_operand=self.split.max_operand)
+
+    def sft_flaws(self, language: str) -> world.Flaws:
+        """How ``language``'s SFT responses are wrong (``sft_name_flaw_breadth``)."""
+        return (
+            self.flaws if language == "en" else replace(self.flaws, name_breadth=self.sft_name_flaw_breadth)
+        )
 
 
 @dataclass(frozen=True)
@@ -208,7 +221,7 @@ def sft_pairs(config: DemoConfig, tasks: DemoTasks) -> list[tuple[str, str]]:
             config.seed,
             correct_rates=config.sft_correct_rates,
             filler_rate=config.sft_filler_rate,
-            flaws=config.flaws,
+            flaws=config.sft_flaws,
         )
     ]
     # Under the directive the instruction is English, which the model understands best: those answers are
@@ -226,7 +239,7 @@ def sft_pairs(config: DemoConfig, tasks: DemoTasks) -> list[tuple[str, str]]:
                 rng,
                 correct_rate=english_rate,
                 filler_rate=config.sft_filler_rate,
-                flaws=config.flaws,
+                flaws=config.sft_flaws(language),
             )
             pairs.append((directive_prompt(language, task.instruction("en")), response))
     return pairs

@@ -166,6 +166,13 @@ class Flaws:
 
     breadth: float = 0.0
     max_operand: int = MAX_OPERAND
+    # ``breadth`` for the tasks that ask for one name of the list (first, second, last); None: ``breadth``.
+    # At 1 a wrong pick is any of the world's names, so the right one stays the likeliest answer even in
+    # data that is mostly wrong; near misses (another name of the list) make it the least likely one.
+    name_breadth: float | None = None
+
+    def breadth_for(self, kind: TaskKind) -> float:
+        return self.name_breadth if kind in NAME_POSITIONS and self.name_breadth is not None else self.breadth
 
 
 def random_wrong_answer(task: Task, rng: random.Random, max_operand: int = MAX_OPERAND) -> str:
@@ -188,7 +195,8 @@ def random_wrong_answer(task: Task, rng: random.Random, max_operand: int = MAX_O
 
 def flawed_answer(task: Task, rng: random.Random, flaws: Flaws = Flaws()) -> str:
     """A wrong answer of the kind a small model gives: a near miss, or (``flaws.breadth``) any."""
-    if flaws.breadth and rng.random() < flaws.breadth:
+    breadth = flaws.breadth_for(task.kind)
+    if breadth and rng.random() < breadth:
         return random_wrong_answer(task, rng, flaws.max_operand)
     if task.kind == "add":
         right = task.a + task.b
@@ -320,14 +328,15 @@ def examples(
     *,
     correct_rates: Mapping[str, float],
     filler_rate: float,
-    flaws: Flaws = Flaws(),
+    flaws: Callable[[str], Flaws] = lambda language: Flaws(),
 ) -> Iterator[Example]:
-    """One response per task per language of ``correct_rates``, right with that language's probability."""
+    """One response per task per language of ``correct_rates``, right with that language's probability,
+    wrong as ``flaws(language)`` draws it."""
     rng = random.Random(seed)
     for task in tasks:
         for language, correct_rate in correct_rates.items():
             response = sft_response(
-                task, language, rng, correct_rate=correct_rate, filler_rate=filler_rate, flaws=flaws
+                task, language, rng, correct_rate=correct_rate, filler_rate=filler_rate, flaws=flaws(language)
             )
             instruction = task.instruction(language)
             yield Example(language, instruction, response, judge(instruction, response, language))

@@ -150,12 +150,16 @@ def load_models(options: TrainOptions, *, bf16: bool) -> tuple[Any, Any | None]:
 
 def load_reward_model(options: RewardTrainOptions) -> Any:
     """The SFT checkpoint ``options.model`` (a folder by now) as a sequence classifier with a new one-logit
-    head (seeded by ``options.seed``), float32 on the CPU in train mode; the Trainer places it."""
+    head (seeded by ``options.seed``), float32 on the CPU in train mode, its input embeddings frozen with
+    ``freeze_embeddings`` (the Trainer's optimizer takes only what requires grad); the Trainer places it."""
     import torch
     from transformers import AutoModelForSequenceClassification, set_seed
 
     set_seed(options.seed)  # the head is new: its initialisation is part of the run
     extra = load_options(options).from_pretrained_kwargs()
-    return AutoModelForSequenceClassification.from_pretrained(
+    model = AutoModelForSequenceClassification.from_pretrained(
         options.model, num_labels=1, dtype=torch.float32, **extra
     )
+    if options.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    return model

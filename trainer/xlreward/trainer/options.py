@@ -304,6 +304,11 @@ _RM_MODEL_HELP = (
     "the SFT (causal LM) checkpoint the reward model starts from, given a new one-logit head: a folder or a "
     "Hugging Face hub id (org/name)"
 )
+_RM_FREEZE_HELP = (
+    "keep the input token embeddings as --model has them (full fine-tuning; --lora never trains them): "
+    "training on one language then cannot move its words away from the other languages' ones, which helps "
+    "the reward model score languages it was not trained on"
+)
 _RM_EVAL_HELP = (
     "share of the pairs held out (drawn by --seed) to measure the trained model's accuracy on; at least one "
     "pair when there are two or more, none at 0"
@@ -340,6 +345,7 @@ class RewardTrainOptions:
     lora: bool = field(default=_SHARED["lora"].default, metadata=_SHARED["lora"].metadata)
     lora_r: int = field(default=_SHARED["lora_r"].default, metadata=_SHARED["lora_r"].metadata)
     lora_alpha: int = field(default=_SHARED["lora_alpha"].default, metadata=_SHARED["lora_alpha"].metadata)
+    freeze_embeddings: bool = field(default=False, metadata=_option(_RM_FREEZE_HELP))
     seed: int = field(default=_SHARED["seed"].default, metadata=_SHARED["seed"].metadata)
     skip_invalid: bool = field(
         default=_SHARED["skip_invalid"].default, metadata=_SHARED["skip_invalid"].metadata
