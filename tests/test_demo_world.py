@@ -58,12 +58,11 @@ def test_name_breadth_keeps_the_right_name_the_likeliest_in_mostly_wrong_data() 
 
     def answers(flaws: world.Flaws) -> Counter[str]:
         rng = random.Random(0)
-        return Counter(
-            world.sft_response(task, "es", rng, correct_rate=0.1, filler_rate=0.0, flaws=flaws).split()[-1][
-                :-1
-            ]
+        responses = (
+            world.sft_response(task, "es", rng, correct_rate=0.1, filler_rate=0.0, flaws=flaws)
             for _ in range(3000)
         )
+        return Counter(response.split()[-1].rstrip(".") for response in responses)  # "Primero va Ana."
 
     said = answers(near)
     assert said["Ana"] < min(said["Bob"], said["Eva"])

@@ -73,10 +73,10 @@ class DemoConfig:
     flaw_breadth: float = 0.5  # of the flawed answers in pretraining and SFT, the share that is any wrong one
     # ``flaw_breadth`` of the non-English SFT data's wrong picks of one name (first, last): all are any
     # name of the world. With near misses (another name of the list) in data that is right 10% of the time,
-    # pi_ref learnt to avoid the right name: ranked by its likelihood, the right name came first for 20-24%
-    # of the Spanish and German first/last prompts, below chance, so a reward model built on it had nothing
-    # in those languages to carry its English learning to (best-of-16 with the English RM: 48-61%). Drawn
-    # from all names, the right one stays the likeliest and pi_ref's samples stay as wrong as before.
+    # pi_ref learnt to avoid the right name: ranked by its likelihood, the right name came first for 18-24%
+    # of the Spanish and German first/last prompts (a guess: 32%), so a reward model built on it had nothing
+    # in those languages to carry its English learning to. Drawn from all names, the right last name comes
+    # first for 36-86% at seeds 0-2 (the right first name 20-32%), and pi_ref's samples stay about as wrong.
     sft_name_flaw_breadth: float = 1.0
     english_samples: int = 4
     dpo_lr: float = 3e-4
