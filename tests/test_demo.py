@@ -14,6 +14,7 @@ from xlreward.demo.lm import LMTraining
 from xlreward.demo.models import DemoConfig, WorldSplit, model_folder
 from xlreward.demo.run import DemoRun, IterationSettings, run_demo
 from xlreward.demo.transfer import TransferSettings
+from xlreward.demo.world import judge, parse_instruction
 
 TOY = DemoConfig(
     split=WorldSplit(pretrain=40, sft=40, english_dpo=24, iterate=3, evaluate=4),
@@ -33,8 +34,8 @@ TRANSFER_ROWS = [
     "GRPO: English RM",
 ]
 TOY_TRANSFER = TransferSettings(
-    rm_tasks=12, rm_epochs=1.0, rm_batch_size=8, n=4, grpo_steps=2, grpo_batch_size=8, grpo_generations=4,
-    grpo_max_tokens=8,
+    rm_tasks=12, rm_epochs=1.0, rm_batch_size=8, n=4, grpo_tasks=12, grpo_steps=2, grpo_batch_size=8,
+    grpo_generations=4, grpo_max_tokens=8,
 )  # fmt: skip
 
 
@@ -93,6 +94,10 @@ def check_transfer(out: Path, summary: dict) -> None:  # type: ignore[type-arg]
     assert set(transfer["rm_held_out_accuracy"]) == {"en", "es", "de"}
     for language in ("en", "es", "de"):
         assert (out / "transfer" / f"rm-{language}" / "model" / "config.json").exists()
+    # Every pair's chosen response is the oracle's better one; some reject an off-target response.
+    pairs = read_jsonl(out / "transfer" / "pairs" / "en.jsonl")
+    assert all(judge(p["prompt"], p["chosen"], "en") > judge(p["prompt"], p["rejected"], "en") for p in pairs)
+    assert any(p["id"].endswith("-off-target") for p in pairs)
     best = json.loads((out / "transfer" / "best-of-n" / "summary.json").read_text())
     assert best["n"] == 4 and best["sampler"] == "icr" and best["sampler_role"] == "reference"
     modes = {model["name"]: model["reward_prompt"] for model in best["models"]}
@@ -104,4 +109,19 @@ def check_transfer(out: Path, summary: dict) -> None:  # type: ignore[type-arg]
     rl = json.loads((out / "transfer" / "grpo" / "rl_config.json").read_text())
     reward = rl["config"]["reward"]
     assert reward["model"] == "rm-en" and reward["reward_prompt"] == "prompt"
+    # GRPO's prompts hold every kind the evaluation does, in tasks no other stage uses.
+    prompts = read_jsonl(Path(rl["config"]["instructions"][0]))
+    held_out = read_jsonl(out / "data" / "eval_instructions.jsonl")
+    assert {kind_of(p["instruction"]) for p in prompts} == {kind_of(p["instruction"]) for p in held_out}
+    assert not {p["instruction"] for p in prompts} & {p["instruction"] for p in held_out}
     assert (out / "transfer" / "grpo" / "model" / "config.json").exists()
+
+
+def kind_of(instruction: str) -> str:
+    parsed = parse_instruction(instruction)
+    assert parsed is not None, instruction
+    return parsed[1].kind
+
+
+def read_jsonl(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in path.read_text().splitlines()]

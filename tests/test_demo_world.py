@@ -71,6 +71,29 @@ def test_name_breadth_keeps_the_right_name_the_likeliest_in_mostly_wrong_data() 
     assert broad.breadth_for(copy.kind) == 0.5 and broad.breadth_for(task.kind) == 1.0
 
 
+@pytest.mark.parametrize("language", world.LANGUAGES)
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.kind)
+def test_off_target_responses_score_zero_and_take_every_shape(task: world.Task, language: str) -> None:
+    """Another task's sentence, the answer left out, a run-on: the oracle gives each 0 (a list's partial
+    credit included)."""
+    rng = random.Random(0)
+    responses = {world.off_target_response(task, language, rng) for _ in range(200)}
+    assert all(world.judge(task.instruction(language), text, language) == 0.0 for text in responses)
+    template = world.TEMPLATES[language][task.kind][1]
+    unanswered = " ".join(template.format(x="").split()).replace(" .", ".")
+    opening = template.split("{x}")[0].rstrip()
+    kinds = next(group for group in world.SAME_CONTENT_KINDS if task.kind in group)
+    other_tasks = {world.Task(kind, task.a, task.b, task.names).response(language) for kind in kinds}
+    other_tasks.discard(task.response(language))
+    shapes = Counter(
+        "unanswered" if text == unanswered else "other task" if text in other_tasks else "run-on"
+        for text in responses
+    )
+    # A sentence that opens with the answer has no opening to run on from.
+    assert set(shapes) == {"unanswered", "other task", *(["run-on"] if opening else [])}
+    assert all(text.startswith(opening) for text in responses if text not in other_tasks)
+
+
 def test_every_slice_of_the_tasks_holds_each_kind_equally_often() -> None:
     """Regression: sums and comparisons of small numbers ran out of distinct tasks after the first stages,
     and the demo's evaluation split held 1 comparison and no sum among 150 tasks."""

@@ -236,7 +236,7 @@ class TransferRuns:
     grpo: Path
 
 
-def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: Path) -> TransferRuns:
+def run_transfer(run: DemoRun, models: DemoModels, eval_file: Path) -> TransferRuns:
     """The transfer part's runs (``transfer.py``): RM training, best-of-n and GRPO, each an ``xlreward``
     command in its own process. They need only the starting models, so they run beside the iterations."""
     from xlreward.service.process import serve_process
@@ -271,8 +271,10 @@ def run_transfer(run: DemoRun, models: DemoModels, train_file: Path, eval_file: 
             max_tokens=sampling.max_new_tokens,
             command=command,
         )
+        rl_tasks = transfer.rl_tasks(run.config, settings)
+        rl_file = write_instructions(run.out / "data" / "rl_instructions.jsonl", rl_tasks, "r")
         config = transfer.rl_config(
-            run.out / "config" / "rl.toml", out / "grpo", url, models, train_file, settings, others
+            run.out / "config" / "rl.toml", out / "grpo", url, models, rl_file, settings, others
         )
         command(["rl", "--config", str(config)], "rl")
     return TransferRuns(reward_models=reward_models, best_of_n=folder, grpo=out / "grpo")
@@ -395,7 +397,7 @@ def _run_demo(run: DemoRun) -> dict[str, Any]:
     # own process on one thread (``kernels.one_thread_per_process``), which computes the same numbers
     # whatever runs beside it. Its judging waits for pi_ref's held-out outputs below.
     with ThreadPoolExecutor(1) as beside:
-        transfer_runs = beside.submit(timed, run_transfer, run, models, train_file, eval_file)
+        transfer_runs = beside.submit(timed, run_transfer, run, models, eval_file)
         for mode, iterations, label in (
             ("cross-lingual", 2, "R_c, 2 iterations"),
             ("monolingual", 1, "R_m ablation, 1 iteration"),

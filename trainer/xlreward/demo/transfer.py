@@ -11,8 +11,9 @@ demo and through the same commands a user runs:
    the evaluation's decoding), each reward picking its best: the English RM and the same-language RM score
    the target-language prompt (RYR), the implicit reward the English instruction behind the directive
    (ICR). Every pick is judged by the oracle against pi_ref's own sample of the evaluation (``OUT/eval``).
-5. ``xlreward rl``: a short GRPO run from pi_ref on the iteration prompts of the non-English languages,
-   rewarded by ``rm-en`` on the target-language prompt, then evaluated like every other model.
+5. ``xlreward rl``: a short GRPO run from pi_ref on prompts of every kind the evaluation holds (tasks no
+   other stage uses) in the non-English languages, rewarded by ``rm-en`` on the target-language prompt, then
+   evaluated like every other model.
 """
 
 from __future__ import annotations
@@ -45,11 +46,23 @@ class TransferSettings:
     rm_epochs: float = 6.0
     rm_freeze_embeddings: bool = True
     rm_batch_size: int = 32
+    # Of the tasks, the share with one more pair: the right response against an off-target one (another
+    # task's sentence, the answer left out, a run-on: ``world.off_target_response``). Without them GRPO found
+    # what the English RM had never seen rejected: at seed 0 it answered Spanish first/last prompts with
+    # "Primero vaAquí están: <the whole list>." and the RM scored that above the right answer.
+    rm_off_target_share: float = 0.5
     n: int = 16
+    # GRPO's prompts: tasks of every kind the evaluation holds, in no other stage. On the iteration prompts
+    # (first and last only) the policy forgot how to copy: at seed 0 it answered 98 of 150 held-out German
+    # prompts, copy prompts among them, with a first/last sentence.
+    grpo_tasks: int = 300
     grpo_steps: int = 40
     grpo_batch_size: int = 32  # completions per step
     grpo_generations: int = 8
-    grpo_lr: float = 1e-3
+    # Win rate against pi_ref at seed 0 (es / de), prompts of every kind: 48 / 54 at 5e-4, 53 / 56 at 2e-4 (at
+    # 1e-3 on first/last prompts: 33 / 35). Faster, the policy finds what the RM overrates before the KL term
+    # holds it back.
+    grpo_lr: float = 2e-4
     grpo_beta: float = 0.1  # the paper's KL coefficient
     grpo_max_tokens: int = 24
     seed: int = 0
@@ -60,16 +73,26 @@ class TransferSettings:
 
 def rm_tasks(config: DemoConfig, settings: TransferSettings) -> list[world.Task]:
     """Tasks for the reward models' pairs: a stage after all of the demo's, so none is held out elsewhere."""
+    return _transfer_stages(config, settings)[0]
+
+
+def rl_tasks(config: DemoConfig, settings: TransferSettings) -> list[world.Task]:
+    """Tasks for GRPO's prompts: a stage after the reward models' (``grpo_tasks``)."""
+    return _transfer_stages(config, settings)[1]
+
+
+def _transfer_stages(config: DemoConfig, settings: TransferSettings) -> list[list[world.Task]]:
     split = config.split
-    stages = [*stage_list(split), (settings.rm_tasks, split.kinds)]
-    return world.distinct_stages(stages, split.seed, split.max_operand)[-1]
+    stages = [*stage_list(split), (settings.rm_tasks, split.kinds), (settings.grpo_tasks, split.kinds)]
+    return world.distinct_stages(stages, split.seed, split.max_operand)[-2:]
 
 
 def write_rm_pairs(
     path: Path, tasks: list[world.Task], language: str, flaws: world.Flaws, settings: TransferSettings
 ) -> int:
     """Oracle-labelled pairs in ``language``: per task, a right and a flawed response (each with the polite
-    word by chance, so length says nothing), chosen = the one the oracle scores higher. Returns the count."""
+    word by chance, so length says nothing), chosen = the one the oracle scores higher; for a share of the
+    tasks also the right response against an off-target one. Returns the count."""
     rng = random.Random(f"{settings.seed}-{language}")
     lines = []
     for index, task in enumerate(tasks):
@@ -83,6 +106,13 @@ def write_rm_pairs(
             chosen, rejected = (right, flawed) if good > bad else (flawed, right)
             record = {"id": f"rm-{index}-{draw}", "language": language, "prompt": prompt}
             lines.append(json.dumps(record | {"chosen": chosen, "rejected": rejected}, ensure_ascii=False))
+        if rng.random() < settings.rm_off_target_share:
+            right = task.response(language, filler=rng.random() < 0.3)
+            off_target = world.off_target_response(task, language, rng)
+            if rng.random() < 0.3:
+                off_target = f"{world.FILLERS[language]} {off_target}"
+            record = {"id": f"rm-{index}-off-target", "language": language, "prompt": prompt}
+            lines.append(json.dumps(record | {"chosen": right, "rejected": off_target}, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return len(lines)

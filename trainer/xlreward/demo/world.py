@@ -18,7 +18,9 @@ A response may start with a polite word ("Sure!"), which changes its length but 
 world has a length dimension for length-controlled win rates to remove. Flawed responses (what
 mixed-quality SFT data holds) get the content wrong in the ways small models do: a sum off by one or two, a
 dropped, swapped, replaced or repeated name, a count off by one, the smaller number, another name of the
-list; or, with ``Flaws.breadth``, any wrong answer of the right type.
+list; or, with ``Flaws.breadth``, any wrong answer of the right type. Off-target responses (another task's
+sentence, the answer left out, a run-on of the two: ``off_target_response``) are what a policy drifts to
+when a reward model has never seen them rejected.
 
 ``distinct_tasks`` lets the kinds take turns, so every slice of its list (the demo's stages) holds each kind
 equally often; ``distinct_stages`` draws consecutive stages, each with its own kinds, none sharing a task.
@@ -39,7 +41,8 @@ NAMES = ("Ana", "Bob", "Eva", "Max", "Tom", "Lia", "Ivo", "Kai", "Noa", "Ray", "
 TaskKind = Literal["add", "copy", "count", "max", "first", "second", "last"]
 TASK_KINDS: tuple[TaskKind, ...] = ("add", "copy", "count", "max", "first", "second", "last")
 MAX_OPERAND = 20
-NUMBER_KINDS = ("add", "max")  # tasks about two numbers; the others are about a list of names
+# Tasks about two numbers; the others are about a list of names.
+NUMBER_KINDS: tuple[TaskKind, ...] = ("add", "max")
 # The tasks that ask for one name of the list, and its position there.
 NAME_POSITIONS: dict[TaskKind, int] = {"first": 0, "second": 1, "last": -1}
 
@@ -209,6 +212,39 @@ def flawed_answer(task: Task, rng: random.Random, flaws: Flaws = Flaws()) -> str
         position = NAME_POSITIONS[task.kind] % len(task.names)
         return rng.choice([name for i, name in enumerate(task.names) if i != position])
     return " ".join(flawed_names(list(task.names), rng))
+
+
+# Kinds whose tasks are about the same content, so one task's sentence can stand in another's place.
+SAME_CONTENT_KINDS: tuple[tuple[TaskKind, ...], ...] = (
+    NUMBER_KINDS,
+    ("copy", "count", "first", "second", "last"),
+)
+
+
+def off_target_response(task: Task, language: str, rng: random.Random) -> str:
+    """A response that does not answer ``task`` in the world's phrasing, of the kinds a policy drifts to when
+    a reward lets it: the right response to another task about the same content (the whole list for a
+    question about one of its names), the task's own sentence with the answer left out, or the start of
+    that sentence run into another task's response. The oracle scores it 0 (a run-on that a list's judge
+    would give partial credit is drawn again)."""
+    instruction = task.instruction(language)
+    while True:
+        response = _off_target_draw(task, language, rng)
+        if judge(instruction, response, language) == 0.0:
+            return response
+
+
+def _off_target_draw(task: Task, language: str, rng: random.Random) -> str:
+    others = next(kinds for kinds in SAME_CONTENT_KINDS if task.kind in kinds)
+    other = Task(rng.choice([kind for kind in others if kind != task.kind]), task.a, task.b, task.names)
+    template = TEMPLATES[language][task.kind][1]
+    opening = template.split("{x}")[0].rstrip()
+    shape = rng.choice(("other task", "unanswered", "run-on"))
+    if shape == "unanswered":
+        return " ".join(template.format(x="").split()).replace(" .", ".")
+    if shape == "run-on" and opening:
+        return opening + rng.choice(("", " ")) + other.response(language)
+    return other.response(language)
 
 
 def flawed_names(names: list[str], rng: random.Random) -> list[str]:
