@@ -21,7 +21,10 @@ from collections.abc import Mapping, MutableMapping
 
 PORTABLE_KERNELS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: one code path on every CPU
+    # MKL's conditional numerical reproducibility: one code path on every CPU, and (STRICT) the same bits
+    # whatever the thread count. Without STRICT a Xeon with AMX trained other weights on two threads than on
+    # one (tests/test_demo_threads.py), so the model build's table depended on the load it ran under.
+    "MKL_CBWR": "AVX2,STRICT",
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN's primitives
 }
 

@@ -29,7 +29,7 @@ from xlreward.demo.lm import LMTraining, chat_sequences, text_sequences, train_l
 if TYPE_CHECKING:
     from xlreward.demo.thread_choice import ThreadChooser
 
-BUILDER_VERSION = 4
+BUILDER_VERSION = 5  # 5: MKL_CBWR=AVX2,STRICT (kernels.py) changed the built weights
 Log = Callable[[str], None]
 
 

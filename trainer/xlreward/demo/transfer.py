@@ -48,13 +48,13 @@ class TransferSettings:
     rm_batch_size: int = 32
     # Of the tasks, the share with one more pair: the right response against an off-target one (another
     # task's sentence, the answer left out, a run-on: ``world.off_target_response``). Without them GRPO found
-    # what the English RM had never seen rejected: at seed 0 it answered Spanish first/last prompts with
-    # "Primero vaAquí están: <the whole list>." and the RM scored that above the right answer.
+    # what the English RM had never seen rejected: at seed 0 (lr 5e-4) it answered every Spanish first/last
+    # prompt with a run-on like "Primero vaAquí están: <the whole list>.", which the RM rewarded.
     rm_off_target_share: float = 0.5
     n: int = 16
     # GRPO's prompts: tasks of every kind the evaluation holds, in no other stage. On the iteration prompts
-    # (first and last only) the policy forgot how to copy: at seed 0 it answered 98 of 150 held-out German
-    # prompts, copy prompts among them, with a first/last sentence.
+    # (first and last only) the policy forgot how to copy: at seed 0 its Spanish answers scored 11.3 over all
+    # three kinds, so at most 34 on copy, where pi_ref scores 79.
     grpo_tasks: int = 300
     grpo_steps: int = 40
     grpo_batch_size: int = 32  # completions per step
