@@ -29,6 +29,7 @@ from xlreward.demo import world
 from xlreward.demo.models import DemoConfig, DemoModels, stage_list
 
 ENGLISH_RM = "rm-en"
+POLITE_SHARE = 0.3  # of the RM pairs' responses, those with the polite word: length says nothing
 IMPLICIT = "icr"
 Command = Callable[[list[str], str], None]  # (xlreward arguments, log name): runs one command
 
@@ -94,12 +95,16 @@ def write_rm_pairs(
     word by chance, so length says nothing), chosen = the one the oracle scores higher; for a share of the
     tasks also the right response against an off-target one. Returns the count."""
     rng = random.Random(f"{settings.seed}-{language}")
+
+    def polite() -> bool:
+        return rng.random() < POLITE_SHARE
+
     lines = []
     for index, task in enumerate(tasks):
         prompt = task.instruction(language)
         for draw in range(settings.rm_pairs_per_task):
-            right = task.response(language, filler=rng.random() < 0.3)
-            flawed = task.response(language, world.flawed_answer(task, rng, flaws), filler=rng.random() < 0.3)
+            right = task.response(language, filler=polite())
+            flawed = task.response(language, world.flawed_answer(task, rng, flaws), filler=polite())
             good, bad = world.judge(prompt, right, language), world.judge(prompt, flawed, language)
             if good == bad:
                 continue  # a flawed answer the oracle cannot tell from the right one teaches nothing
@@ -107,9 +112,9 @@ def write_rm_pairs(
             record = {"id": f"rm-{index}-{draw}", "language": language, "prompt": prompt}
             lines.append(json.dumps(record | {"chosen": chosen, "rejected": rejected}, ensure_ascii=False))
         if rng.random() < settings.rm_off_target_share:
-            right = task.response(language, filler=rng.random() < 0.3)
+            right = task.response(language, filler=polite())
             off_target = world.off_target_response(task, language, rng)
-            if rng.random() < 0.3:
+            if polite():
                 off_target = f"{world.FILLERS[language]} {off_target}"
             record = {"id": f"rm-{index}-off-target", "language": language, "prompt": prompt}
             lines.append(json.dumps(record | {"chosen": right, "rejected": off_target}, ensure_ascii=False))
