@@ -115,7 +115,7 @@ def write_rm_pairs(
             right = task.response(language, filler=polite())
             off_target = world.off_target_response(task, language, rng)
             if polite():
-                off_target = f"{world.FILLERS[language]} {off_target}"
+                off_target = world.with_filler(off_target, language)
             record = {"id": f"rm-{index}-off-target", "language": language, "prompt": prompt}
             lines.append(json.dumps(record | {"chosen": right, "rejected": off_target}, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)

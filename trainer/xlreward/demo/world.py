@@ -110,7 +110,12 @@ class Task:
 
     def response(self, language: str, answer: str | None = None, *, filler: bool = False) -> str:
         text = TEMPLATES[language][self.kind][1].format(x=self.answer() if answer is None else answer)
-        return f"{FILLERS[language]} {text}" if filler else text
+        return with_filler(text, language) if filler else text
+
+
+def with_filler(text: str, language: str) -> str:
+    """``text`` after ``language``'s polite word ("Sure! ..."), as the world writes it."""
+    return f"{FILLERS[language]} {text}"
 
 
 # --- sampling tasks and flawed answers ---------------------------------------------------------------
